@@ -1,0 +1,119 @@
+"""Every field of an mtbert_jax experiment, with its default and meaning.
+
+Other configs start from `get_config()` here and override only what differs. Run:
+  python launch.py --config=configs/base.py --workdir=runs/base
+Any field can be overridden on the command line, e.g. `--config.train.num_steps=200`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                        # seeds parameter init, dropout, data order
+
+  # -- encoder --------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = ""           # HF BERT folder; "" = embedded all-MiniLM-L6-v2
+  c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (weights stay f32)
+  c.model.hidden_dropout = -1.0     # encoder hidden dropout; < 0 keeps the checkpoint's value
+  c.model.attention_dropout = -1.0  # attention-prob dropout; < 0 keeps the checkpoint's value
+  c.model.remat = False             # rematerialise each layer in the backward pass (memory)
+
+  # -- task heads (mtbert_jax/heads.py) -------------------------------------------------------
+  c.heads = ml_collections.ConfigDict()
+  c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper)
+  c.heads.paraphrase = "bi"         # "bi": [u; v] of two encodings | "prompt": cross-encoder
+  c.heads.similarity = "linear"     # "linear" on [u; v] | "cosine": shared projection, 5*cos
+  c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)
+  c.heads.cls_source = "pooler"     # sentence vector: "pooler" output | "hidden" [CLS] state
+
+  # -- data (mtbert_jax/data.py); "" = not configured (the split is skipped, with a log) ---------
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""                   # base folder of relative paths; "" = ../shared/data or data/
+  c.data.sst_train = "cs224n/ids-sst-train.csv"
+  c.data.sst_dev = "cs224n/ids-sst-dev.csv"
+  c.data.sst_test = "cs224n/ids-sst-test-student.csv"
+  c.data.para_train = "cs224n/quora-train-partial.csv"
+  c.data.para_dev = "cs224n/quora-dev.csv"
+  c.data.para_test = ""             # the course's quora-test-student.csv, when you have it
+  c.data.sts_train = "cs224n/sts-train.csv"
+  c.data.sts_dev = "cs224n/sts-dev.csv"
+  c.data.sts_test = "cs224n/sts-test-student.csv"
+  c.data.cfimdb_train = "cs224n/ids-cfimdb-train.csv"
+  c.data.tweets = "twitter/tweet-sentiment.csv"
+  c.data.nli = "nli/nli_for_simcse-subset.csv"
+  c.data.max_length = 128           # tokens per input after truncation (joint pairs included)
+  c.data.buckets = (32, 64, 128)    # padded lengths; each batch uses the smallest that fits
+  c.data.train_limit = 0            # use only the first N rows of each train file (0 = all)
+  c.data.dev_limit = 0              # use only the first N rows of each dev file (0 = all)
+  c.data.cfimdb_weight = 0.0        # sentiment batches: sampling weight of CFIMDB vs SST (1.0)
+  c.data.tweets_weight = 0.0        # sentiment batches: sampling weight of tweets vs SST (1.0)
+  c.data.cfimdb_labels = (0, 4)     # CFIMDB negative/positive mapped to these SST classes
+  c.data.on_invalid = "skip"        # a row that does not parse: "skip" it with a warning that
+                                    # names file and line (quora-dev.csv has 2 such rows, which
+                                    # the course's own loader also skips) | "raise" an error
+
+  # -- training (mtbert_jax/train.py) ---------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1500          # optimizer steps; each step trains one task (round robin)
+  c.train.tasks = ("sst", "para", "sts")  # the round-robin order; "nli" adds supervised SimCSE
+  c.train.batch_size = 64           # examples per step (global, over all devices and hosts)
+  c.train.mode = "finetune"         # "finetune": all weights | "pretrain": frozen encoder
+  c.train.label_smoothing = 0.0     # sentiment cross-entropy label smoothing
+  c.train.log_every = 50            # steps between metric pulls / progress / TensorBoard
+  c.train.eval_every = 500          # steps between dev evaluations (best checkpoint kept)
+  c.train.ckpt_every = 500          # steps between resumable checkpoints
+  c.train.eval_limit = 0            # periodic evals use the first N dev rows (0 = all)
+  c.train.progress = True           # show a progress bar on stderr
+
+  # -- optimizer ------------------------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 3e-5                 # peak learning rate (paper: constant 3e-5)
+  c.optim.schedule = "constant"     # "constant" | "linear" (decay to 0) | "cosine"
+  c.optim.warmup_steps = 0          # linear warm-up from 0 to lr
+  c.optim.weight_decay = 1e-2       # AdamW decoupled weight decay (not on biases/LayerNorm)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip = 0.0           # global-norm clipping; 0 = off
+
+  # -- task weighting (paper 3.4) -------------------------------------------------------------
+  c.weighting = ml_collections.ConfigDict()
+  c.weighting.mode = "none"         # "none" | "fixed" | "loss" (follow recent loss magnitude)
+  c.weighting.fixed = ml_collections.ConfigDict(dict(sst=1.0, para=1.0, sts=1.0, nli=1.0))
+  c.weighting.ema_decay = 0.9       # "loss": decay of each task's loss moving average
+  c.weighting.temperature = 1.0     # "loss": w_t ~ ema_t^(1/temperature), mean 1
+
+  # -- SMART smoothness regularization (paper 3.3) --------------------------------------------
+  c.smart = ml_collections.ConfigDict()
+  c.smart.weight = 0.0              # lambda; 0 = off (paper: 50 on sentiment)
+  c.smart.tasks = ("sst",)          # tasks it regularizes: any of sst, para, sts
+  c.smart.variant = "random"        # "random": paper, max over alpha random perturbations |
+                                    # "adversarial": K projected ascent steps (SMART paper)
+  c.smart.num_samples = 7           # "random": alpha perturbations
+  c.smart.num_steps = 1             # "adversarial": K ascent steps
+  c.smart.step_size = 1e-3          # "adversarial": ascent step size
+  c.smart.noise_std = 1e-5          # "adversarial": initial noise scale
+  c.smart.epsilon = 5e-3            # radius of the perturbation ball
+  c.smart.norm = "inf"              # "inf" | "l2"
+  c.smart.bregman_weight = 0.0      # Bregman proximal point term vs an EMA of the params; 0=off
+  c.smart.bregman_decay = 0.99      # EMA decay of that copy
+
+  # -- SimCSE (paper 3.6) ---------------------------------------------------------------------
+  c.simcse = ml_collections.ConfigDict()
+  c.simcse.temperature = 0.05       # tau in the InfoNCE loss
+  c.simcse.weight = 1.0             # weight of the "nli" (supervised) task's loss
+  c.simcse.unsup_weight = 0.0       # unsupervised SimCSE on each step's sentences; 0 = off
+
+  # -- evaluation / checkpoints ---------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 128           # examples per evaluation batch (global)
+  c.eval.write_predictions = True   # write predictions/*.csv after training and in eval mode
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.keep = 1                   # resumable checkpoints kept (the best is kept separately)
+  c.ckpt.export_hf = False          # also write the best encoder as an HF folder (hf_encoder/)
+
+  c.jax_cache_dir = "~/.cache/mtbert_jax/xla"  # persistent compilation cache; "" = off
+  return c

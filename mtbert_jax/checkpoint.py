@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: resumable ones (`WORKDIR/checkpoints`) and the best (`WORKDIR/best`).
+
+A resumable checkpoint holds the whole train state (params, optimizer state, task-loss
+averages, EMA params) plus a JSON `meta` item (step, data-iterator states, best score so
+far, the config), so the same command resumes exactly where a killed run stopped. The best
+checkpoint holds only the parameters and the dev metrics that made it best. Orbax writes each
+step to a temporary folder and renames it when complete, so a run killed mid-save leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+RESUME_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "meta"))
+
+
+def _abstract(tree: Any) -> Any:
+  """Shape/dtype/sharding skeleton of `tree`, so a restore lands with the same layout."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)
+
+
+class Checkpoints:
+  """The two checkpoint series of a workdir."""
+
+  def __init__(self, workdir: str, keep: int = 1):
+    self.workdir = workdir
+    self.resume = _manager(os.path.join(workdir, RESUME_DIR), keep)
+    self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
+
+  def latest_step(self) -> int | None:
+    return self.resume.latest_step()
+
+  def save_resume(self, step: int, state: Any, meta: dict) -> None:
+    self.resume.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)), force=True)
+    self.resume.wait_until_finished()
+
+  def restore_resume(self, state_like: Any, step: int | None = None) -> tuple[Any, dict]:
+    step = self.resume.latest_step() if step is None else step
+    restored = self.resume.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def save_best(self, step: int, params: Any, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(params),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+    self.best.wait_until_finished()
+
+  def best_step(self) -> int | None:
+    return self.best.latest_step()
+
+  def restore_best(self, params_like: Any) -> tuple[Any, dict]:
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no best checkpoint in {os.path.join(self.workdir, BEST_DIR)}: "
+                              "train first (python launch.py --mode=train ...)")
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def read_best_meta(self) -> dict | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def close(self) -> None:
+    self.resume.close()
+    self.best.close()

@@ -1,0 +1,395 @@
+"""Tests of `mtbert_jax.data`: real-file parsing, bad-input errors, bucketing and iterators.
+
+Real files come from `paths.default_data_dir()` and the tests that read them skip when it
+is missing; tokenizing tests use the embedded checkpoint's tokenizer (`real_tokenizer`,
+skips when not installed). Batching tests run on small synthetic `TokenizedSet`s.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from mtbert_jax import data
+from mtbert_jax import paths
+
+BUCKETS = (8, 16, 32)
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> str:
+  root = paths.default_data_dir()
+  if not os.path.isfile(os.path.join(root, "cs224n", "ids-sst-dev.csv")):
+    pytest.skip(f"real data folder not found: {root}")
+  return root
+
+
+def _write(tmp_path, name: str, text: str) -> str:
+  path = os.path.join(str(tmp_path), name)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return path
+
+
+def _synthetic_set(lengths, labels=None, segments=("",), offset: int = 1000) -> data.TokenizedSet:
+  """Example i of length n holds tokens offset+i, repeated n times (so rows are checkable)."""
+  lists = {name: ([[offset + i] * n for i, n in enumerate(lengths)],
+                  [[0] * n for n in lengths]) for name in segments}
+  return data.TokenizedSet.from_lists(lists, labels, [f"id{i}" for i in range(len(lengths))])
+
+
+# ---------------------------------------------------------------------------------------
+# Real files.
+
+# Row counts from shared/data/README.md. quora-dev.csv has 20,214 data rows (20,215 lines
+# with the header; the README counts 20,215) of which two have an empty `is_duplicate`.
+SENTIMENT_FILES = [("ids-sst-train.csv", 5, 8544, True), ("ids-sst-dev.csv", 5, 1101, True),
+                   ("ids-sst-test-student.csv", 5, 2210, False),
+                   ("ids-cfimdb-train.csv", 2, 1707, True), ("ids-cfimdb-dev.csv", 2, 245, True),
+                   ("ids-cfimdb-test-student.csv", 2, 488, False)]
+PAIR_FILES = [("quora-train-partial.csv", "paraphrase", 13507, True),
+              ("sts-train.csv", "similarity", 6040, True),
+              ("sts-dev.csv", "similarity", 863, True),
+              ("sts-test-student.csv", "similarity", 1725, False)]
+
+
+@pytest.mark.parametrize("name,num_classes,count,labeled", SENTIMENT_FILES)
+def test_real_sentiment_files(data_dir, name, num_classes, count, labeled):
+  rows = data.read_sentiment(os.path.join(data_dir, "cs224n", name), num_classes)
+  assert len(rows) == len(rows.ids) == count
+  assert len(set(rows.ids)) == count and all(rows.ids) and all(rows.texts)
+  if labeled:
+    assert rows.labels.dtype == np.int32 and rows.labels.shape == (count,)
+    assert set(rows.labels.tolist()) == set(range(num_classes))
+  else:
+    assert rows.labels is None
+
+
+def test_real_sentiment_ids_and_label_map(data_dir):
+  test = data.read_sentiment(os.path.join(data_dir, "cs224n", "ids-sst-test-student.csv"))
+  # The odd test header (`0<TAB><TAB>id<TAB>sentence`) still finds the id column.
+  assert test.ids[:2] == ["b7573736a6ddf7be102b7fee0", "d17a8752e342834fd18b31aaa"]
+  assert test.texts[0] == "Effective but too-tepid biopic"
+  path = os.path.join(data_dir, "cs224n", "ids-cfimdb-dev.csv")
+  plain = data.read_sentiment(path, num_classes=2)
+  mapped = data.read_sentiment(path, num_classes=2, label_map={0: 0, 1: 4})
+  np.testing.assert_array_equal(mapped.labels, plain.labels * 4)
+
+
+@pytest.mark.parametrize("name,task,count,labeled", PAIR_FILES)
+def test_real_pair_files(data_dir, name, task, count, labeled):
+  rows = data.read_pairs(os.path.join(data_dir, "cs224n", name), task)
+  assert len(rows) == len(rows.ids) == len(rows.texts_b) == count
+  assert all(rows.texts_a) and all(rows.texts_b) and len(set(rows.ids)) == count
+  if not labeled:
+    assert rows.labels is None and rows.ids[0] == "cce9b526b3590d2ca2178584f"
+  elif task == "paraphrase":
+    assert rows.labels.dtype == np.int32 and set(rows.labels.tolist()) == {0, 1}
+  else:
+    assert rows.labels.dtype == np.float32
+    assert rows.labels.min() == 0.0 and rows.labels.max() == 5.0
+
+
+def test_quora_dev_two_rows_without_label(data_dir, caplog):
+  path = os.path.join(data_dir, "cs224n", "quora-dev.csv")
+  with pytest.raises(data.DataError, match=r"quora-dev\.csv: line 2577: .*is_duplicate"):
+    data.read_pairs(path, "paraphrase")
+  with caplog.at_level(logging.WARNING, logger="mtbert_jax.data"):
+    rows = data.read_pairs(path, "paraphrase", on_invalid="skip")
+  assert len(rows) == 20214 - 2
+  assert "skipped 2 invalid row(s) of 20214" in caplog.text
+  assert "line 2577" in caplog.text and "line 14222" in caplog.text
+
+
+def test_quoted_fields(data_dir):
+  # sts-dev.csv line 28 field: "The Marlins only said: ""The issue has been resolved."""
+  rows = data.read_pairs(os.path.join(data_dir, "cs224n", "sts-dev.csv"), "similarity")
+  i = rows.ids.index("39a4eb10451fa52b0f35c3a16")
+  assert rows.texts_a[i] == ('"The issue has been resolved," Marlins President David Samson '
+                             'said through a club spokesman.')
+  assert rows.texts_b[i] == 'The Marlins only said: "The issue has been resolved."'
+  assert rows.labels[i] == 3.0
+  triplets = data.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
+  assert triplets.anchor[1] == "Two sunbathers, a man and a woman, soak in the sun."
+
+
+def test_real_triplets_and_tweets(data_dir):
+  triplets = data.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
+  assert len(triplets) == len(triplets.positive) == len(triplets.negative) == 27560
+  assert triplets.positive[0] == "A man is playing guitar."  # No stray \r from CRLF lines.
+  assert triplets.negative[-1] and not triplets.negative[-1].endswith("\r")
+  tweets = data.read_tweets(os.path.join(data_dir, "twitter", "tweet-sentiment.csv"))
+  assert len(tweets) == 31014 and tweets.ids[0] == "f87dea47db"
+  assert collections.Counter(tweets.labels.tolist()) == {2: 12547, 4: 9685, 0: 8782}
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: every message names the file and the 1-based line.
+
+SST_HEADER = "\tid\tsentence\tsentiment\n"
+STS_HEADER = "\tid\tsentence1\tsentence2\tsimilarity\n"
+QUORA_HEADER = "\tid\tsentence1\tsentence2\tis_duplicate\n"
+
+
+@pytest.mark.parametrize("text,reader,pattern", [
+    (SST_HEADER + "0\ta\tgood\t3\n1\tb\tbad\n", "sst", r"line 3: expected 4 tab-separated"),
+    (SST_HEADER + "0\ta\tgood\tthree\n", "sst", r"line 2: column 'sentiment' is 'three', "
+                                                 r"expected a number"),
+    (SST_HEADER + "0\ta\tgood\t3\n1\tb\tbad\t7\n", "sst", r"line 3: .*'7', expected an "
+                                                           r"integer class in 0\.\.4"),
+    (SST_HEADER + "0\ta\tgood\t2.5\n", "sst", r"line 2: .*integer class"),
+    (SST_HEADER + "0\ta\t  \t3\n", "sst", r"line 2: column 'sentence' is empty"),
+    (SST_HEADER + "0\t\tgood\t3\n", "sst", r"line 2: column 'id' is empty"),
+    ("\tid\ttext\tsentiment\n0\ta\tgood\t3\n", "sst", r"line 1: .*lacks the required column "
+                                                      r"'sentence'"),
+    (STS_HEADER + "0\ta\tx\ty\t5.5\n", "sts", r"line 2: .*'5\.5', expected a similarity in "
+                                             r"\[0, 5\]"),
+    (STS_HEADER + "0\ta\tx\ty\tnan\n", "sts", r"line 2: .*finite"),
+    (STS_HEADER + "0\ta\tx\t\t1.0\n", "sts", r"line 2: column 'sentence2' is empty"),
+    (QUORA_HEADER + "0\ta\tx\ty\t1.0\n1\tb\tx\ty\t2\n", "quora", r"line 3: .*'2', expected an "
+                                                                 r"integer class in 0\.\.1"),
+    ("sent0,sent1\nx,y\n", "nli", r"line 1: .*'hard_neg'"),
+    ("sent0,sent1,hard_neg\nx,y,z\nx,y\n", "nli", r"line 3: expected 3 ','-separated"),
+    ("textID,text,sentiment\nab,hi,happy\n", "tweets", r"line 2: .*'happy', expected one of"),
+    ("textID,text,sentiment\nab,hi,neutral\ncd, ,neutral\n", "tweets",
+     r"line 3: column 'text' is empty"),
+])
+def test_bad_input_names_file_and_line(tmp_path, text, reader, pattern):
+  path = _write(tmp_path, "bad.csv", text)
+  read = {"sst": lambda p: data.read_sentiment(p),
+          "sts": lambda p: data.read_pairs(p, "similarity"),
+          "quora": lambda p: data.read_pairs(p, "paraphrase"),
+          "nli": data.read_triplets, "tweets": data.read_tweets}[reader]
+  with pytest.raises(data.DataError) as info:
+    read(path)
+  assert str(info.value).startswith(f"{path}: line ")
+  assert info.match(pattern)
+
+
+def test_quoted_multiline_field_reports_its_line(tmp_path):
+  path = _write(tmp_path, "multi.csv", SST_HEADER + '0\ta\t"two\nlines"\t3\n1\tb\tok\tx\n')
+  rows = data.read_sentiment(path, on_invalid="skip")
+  assert rows.texts == ["two\nlines"]
+  with pytest.raises(data.DataError, match=r"line 4: column 'sentiment' is 'x'"):
+    data.read_sentiment(path)
+
+
+def test_missing_file_and_unmapped_label(tmp_path):
+  missing = os.path.join(str(tmp_path), "nope.csv")
+  with pytest.raises(FileNotFoundError, match="nope.csv"):
+    data.read_sentiment(missing)
+  path = _write(tmp_path, "cf.csv", SST_HEADER + "0\ta\tgood\t1\n")
+  with pytest.raises(data.DataError, match=r"line 2: label 1 is not a key of label_map"):
+    data.read_sentiment(path, num_classes=2, label_map={0: 0})
+
+
+def test_empty_label_column_reads_as_unlabeled(tmp_path):
+  path = _write(tmp_path, "test.csv", SST_HEADER + "0\ta\tgood\t\n1\tb\tbad\t\n")
+  rows = data.read_sentiment(path)
+  assert rows.labels is None and rows.ids == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizing and caching.
+
+
+def test_tokenize_sentences_and_pairs(real_tokenizer, tmp_path):
+  tok = real_tokenizer
+  rows = data.PairRows(ids=["p", "q"], texts_a=["A cat sat.", "Hello"],
+                       texts_b=["A dog ran far away.", "World"],
+                       labels=np.array([1, 0], np.int32))
+  separate = data.tokenize_pairs(rows, tok, 16, joint=False)
+  assert set(separate.segments) == {"1", "2"}
+  ids_1, _ = tok.encode_ids(rows.texts_a, max_length=16)
+  ids_2, _ = tok.encode_ids(rows.texts_b, max_length=16)
+  for i in range(2):
+    np.testing.assert_array_equal(separate.segments["1"].tokens(i)[0], ids_1[i])
+    np.testing.assert_array_equal(separate.segments["2"].tokens(i)[0], ids_2[i])
+    assert separate.lengths[i] == max(len(ids_1[i]), len(ids_2[i]))
+  joint = data.tokenize_pairs(rows, tok, 16, joint=True, prompt="same?")
+  ids, type_ids = tok.encode_ids(["same? A cat sat.", "same? Hello"], rows.texts_b, max_length=16)
+  assert list(joint.segments) == [""]
+  np.testing.assert_array_equal(joint.segments[""].tokens(0)[0], ids[0])
+  np.testing.assert_array_equal(joint.segments[""].tokens(0)[1], type_ids[0])
+  assert joint.ids == ["p", "q"] and joint.labels.tolist() == [1, 0]
+  triplets = data.tokenize_triplets(data.TripletRows(["a b"], ["c"], ["d e f"]), tok, 16)
+  assert set(triplets.segments) == {"1", "2", "3"} and triplets.lengths.tolist() == [5]
+  assert triplets.labels is None and triplets.ids is None
+
+
+def test_cache_in_process_and_on_disk(real_tokenizer, tmp_path):
+  path = _write(tmp_path, "s.csv", SST_HEADER + "0\ta\tgood fun\t3\n1\tb\tbad\t0\n")
+  cache_dir = os.path.join(str(tmp_path), "cache")
+  data.clear_cache()
+  first = data.load_and_tokenize_sentiment(path, real_tokenizer, 32, cache_dir=cache_dir)
+  assert data.load_and_tokenize_sentiment(path, real_tokenizer, 32) is first
+  assert data.load_and_tokenize_sentiment(path, real_tokenizer, 16) is not first
+  data.clear_cache()
+  from_disk = data.load_and_tokenize_sentiment(path, real_tokenizer, 32, cache_dir=cache_dir)
+  assert from_disk is not first and from_disk.ids == first.ids
+  np.testing.assert_array_equal(from_disk.labels, first.labels)
+  np.testing.assert_array_equal(from_disk.lengths, first.lengths)
+  np.testing.assert_array_equal(from_disk.segments[""].input_ids, first.segments[""].input_ids)
+  np.testing.assert_array_equal(from_disk.segments[""].offsets, first.segments[""].offsets)
+  # A changed file is read again.
+  _write(tmp_path, "s.csv", SST_HEADER + "0\ta\tgood fun\t3\n1\tb\tbad\t0\n2\tc\tok\t2\n")
+  os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**9))
+  assert len(data.load_and_tokenize_sentiment(path, real_tokenizer, 32)) == 3
+
+
+def test_real_sst_dev_tokenized_batches(real_tokenizer, data_dir):
+  tokset = data.load_and_tokenize_sentiment(
+      os.path.join(data_dir, "cs224n", "ids-sst-dev.csv"), real_tokenizer, 64)
+  assert len(tokset) == 1101 and tokset.lengths.max() <= 64
+  seen = np.concatenate([b["index"][b["weights"] > 0]
+                         for b in data.eval_batches(tokset, 32, (32, 64))])
+  assert sorted(seen.tolist()) == list(range(1101))
+
+
+# ---------------------------------------------------------------------------------------
+# Bucketing and batches.
+
+
+def test_bucket_for():
+  assert data.bucket_for(1, BUCKETS) == 8 and data.bucket_for(8, BUCKETS) == 8
+  assert data.bucket_for(9, BUCKETS) == 16 and data.bucket_for(32, BUCKETS) == 32
+  with pytest.raises(ValueError, match="exceeds the largest bucket 32"):
+    data.bucket_for(33, BUCKETS)
+
+
+def test_eval_batches_cover_each_example_once():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 33, size=103).tolist()
+  tokset = _synthetic_set(lengths, labels=np.arange(103, dtype=np.int32),
+                          segments=("1", "2"))
+  seen = []
+  for batch in data.eval_batches(tokset, 10, BUCKETS):
+    length = batch["input_ids_1"].shape[1]
+    assert length in BUCKETS
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+      for suffix in ("_1", "_2"):
+        assert batch[key + suffix].shape == (10, length) and batch[key + suffix].dtype == np.int32
+    assert batch["labels"].shape == batch["weights"].shape == batch["index"].shape == (10,)
+    pad = batch["weights"] == 0
+    assert np.all(batch["index"][pad] == -1) and np.all(batch["index"][~pad] >= 0)
+    assert np.all(batch["attention_mask_1"][pad] == 0)
+    for row, i in enumerate(batch["index"][~pad]):
+      assert data.bucket_for(lengths[i], BUCKETS) == length
+      assert batch["labels"][row] == i
+      np.testing.assert_array_equal(batch["input_ids_1"][row, :lengths[i]], 1000 + i)
+      assert np.all(batch["input_ids_1"][row, lengths[i]:] == 0)
+      assert batch["attention_mask_1"][row].sum() == lengths[i]
+    seen.extend(batch["index"][~pad].tolist())
+  assert sorted(seen) == list(range(103))
+
+
+def test_too_long_example_raises():
+  tokset = _synthetic_set([5, 40])
+  with pytest.raises(ValueError, match="40 tokens exceeds the largest bucket"):
+    list(data.eval_batches(tokset, 4, BUCKETS))
+  with pytest.raises(ValueError, match="40 tokens exceeds the largest bucket"):
+    data.TrainIterator([tokset], None, 4, BUCKETS)
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+@pytest.fixture
+def train_set() -> data.TokenizedSet:
+  lengths = np.random.default_rng(1).integers(3, 33, size=150).tolist()
+  return _synthetic_set(lengths, labels=np.arange(150, dtype=np.int32))
+
+
+def test_train_iterator_deterministic_and_full(train_set):
+  a = _take(data.TrainIterator([train_set], None, 8, BUCKETS, seed=3), 60)
+  b = _take(data.TrainIterator([train_set], None, 8, BUCKETS, seed=3), 60)
+  _assert_same_batches(a, b)
+  c = _take(data.TrainIterator([train_set], None, 8, BUCKETS, seed=4), 60)
+  assert any(not np.array_equal(x["index"], y["index"]) for x, y in zip(a, c))
+  exact = []
+  for batch in a:
+    assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] in BUCKETS
+    assert np.all(batch["weights"] == 1.0)
+    lengths = train_set.lengths[batch["index"]]
+    # Leftovers may ride in a longer bucket; most batches hold one bucket's examples.
+    assert all(data.bucket_for(n, BUCKETS) <= batch["input_ids"].shape[1] for n in lengths)
+    exact.append(data.bucket_for(int(lengths.min()), BUCKETS) == batch["input_ids"].shape[1])
+  assert np.mean(exact) > 0.8
+
+
+@pytest.mark.parametrize("lengths", [
+    np.random.default_rng(1).integers(3, 33, size=150).tolist(),
+    [4] * 100 + [30] * 3,  # 3 long examples: too few for a batch of their own bucket.
+])
+def test_train_iterator_sees_every_example_each_epoch(lengths):
+  tokset = _synthetic_set(lengths)
+  iterator = data.TrainIterator([tokset], None, 8, BUCKETS, seed=0)
+  by_epoch = collections.defaultdict(collections.Counter)
+  for _ in range(150):
+    epoch = iterator.get_state()["epoch_0"]
+    batch = next(iterator)
+    assert len(set(batch["index"].tolist())) == 8  # Never twice in a batch.
+    by_epoch[epoch].update(batch["index"].tolist())
+  complete = sorted(by_epoch)[:-1]  # The last epoch may be unfinished.
+  assert len(complete) >= 5
+  for epoch in complete:
+    assert set(by_epoch[epoch]) == set(range(len(lengths))), epoch
+    # Repeats only top up the one batch of leftovers.
+    assert sum(by_epoch[epoch].values()) - len(lengths) < 8
+
+
+def test_train_iterator_rejects_a_set_smaller_than_the_batch():
+  with pytest.raises(ValueError, match="5 examples cannot fill a global batch of 8"):
+    data.TrainIterator([_synthetic_set([4] * 5)], None, 4, BUCKETS, shard_count=2)
+
+
+def test_train_iterator_resume(train_set):
+  other = _synthetic_set([4] * 40 + [20] * 30, labels=np.zeros(70, np.int32), offset=5000)
+  make = lambda: data.TrainIterator([train_set, other], [0.7, 0.3], 8, BUCKETS,
+                                    seed=7)
+  for k in (0, 5, 47):  # 47 crosses epoch boundaries of both sources.
+    iterator = make()
+    _take(iterator, k)
+    state = json.loads(json.dumps(iterator.get_state()))  # Survives a JSON checkpoint.
+    assert all(isinstance(v, int) for v in state.values())
+    expected = _take(iterator, 30)
+    restored = make()
+    restored.set_state(state)
+    _assert_same_batches(_take(restored, 30), expected)
+
+
+def test_shards_are_disjoint_and_cover_the_global_batch(train_set):
+  whole = _take(data.TrainIterator([train_set], None, 12, BUCKETS, seed=2), 25)
+  shards = [_take(data.TrainIterator([train_set], None, 4, BUCKETS, seed=2, shard_index=i,
+                                     shard_count=3), 25) for i in range(3)]
+  for step, batch in enumerate(whole):
+    parts = [shard[step] for shard in shards]
+    indices = [set(p["index"].tolist()) for p in parts]
+    assert not (indices[0] & indices[1] or indices[0] & indices[2] or indices[1] & indices[2])
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+
+
+def test_mixture_ratios(train_set):
+  # 4,000 batches at p = 0.75: std of the observed fraction is sqrt(.75 * .25 / 4000) =
+  # 0.0068, so +-0.03 is > 4 standard deviations (and the draw is seeded, so not flaky).
+  other = _synthetic_set([4] * 50, labels=np.full(50, -1, np.int32))
+  iterator = data.TrainIterator([train_set, other], [3.0, 1.0], 8, BUCKETS, seed=0)
+  from_first = [bool(np.all(next(iterator)["labels"] >= 0)) for _ in range(4000)]
+  assert abs(np.mean(from_first) - 0.75) < 0.03
+  only_second = data.TrainIterator([train_set, other], [0.0, 1.0], 8, BUCKETS)
+  assert all(np.all(next(only_second)["labels"] == -1) for _ in range(50))
