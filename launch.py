@@ -28,9 +28,21 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+  """Keeps orbax's and JAX's routine INFO lines out of the run's log (warnings still show)."""
+
+  _NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep)
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
     jax.distributed.initialize()
@@ -47,8 +59,7 @@ def main(argv):
   if _MODE.value == "train":
     metrics = train.train_and_evaluate(config, workdir)
   else:
-    splits = ("dev", "test") if _MODE.value == "eval" else ("dev", "test")
-    metrics = train.evaluate_workdir(workdir, config, splits=splits)
+    metrics = train.evaluate_workdir(workdir, config, write_metrics=_MODE.value == "eval")
   if jax.process_index() == 0:
     print(train.format_table({k: v for k, v in metrics.items() if k != "step"}))
     print(f"best step: {metrics.get('step')}; metrics: {os.path.join(workdir, 'metrics.json')}; "

@@ -46,6 +46,8 @@ class Checkpoints:
     return self.resume.latest_step()
 
   def save_resume(self, step: int, state: Any, meta: dict) -> None:
+    if step in self.resume.all_steps():
+      self.resume.delete(step)
     self.resume.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(meta)), force=True)
     self.resume.wait_until_finished()
@@ -57,6 +59,8 @@ class Checkpoints:
     return restored["state"], restored["meta"]
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
+    if step in self.best.all_steps():  # re-reached after a resume from an earlier checkpoint
+      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(params),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
     self.best.wait_until_finished()

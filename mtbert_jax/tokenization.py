@@ -48,6 +48,8 @@ class BertTokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.BertProcessing(("[SEP]", self.sep_id), ("[CLS]", self.cls_id))
     tok.decoder = decoders.WordPiece(prefix="##")
+    # Registered as special: kept whole in input text and dropped by decode(skip_special_tokens).
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     self._tok = tok
 
   # -- unpadded ids (used by the data pipeline, which pads to length buckets itself) --

@@ -372,27 +372,33 @@ class Prefetcher:
 
 
 class _Progress:
-  """A single-line progress display: step, examples/s, losses, ETA (stderr, via tqdm)."""
+  """Progress on stderr: a tqdm bar (step, examples/s, losses, ETA), or, with the bar
+  off (`train.progress=False`, e.g. in batch jobs), one log line per metrics pull."""
 
   def __init__(self, total: int, initial: int, enabled: bool):
     self.bar = None
+    self.total, self.step, self.start, self.initial = total, initial, time.time(), initial
     if enabled and jax.process_index() == 0:
-      try:
-        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step",
-                        file=sys.stderr)
-      except ImportError:
-        self.bar = None
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step",
+                      file=sys.stderr)
 
   def update(self, n: int, postfix: dict[str, str]):
+    self.step += n
     if self.bar is not None:
       self.bar.set_postfix(postfix, refresh=False)
       self.bar.update(n)
+    elif jax.process_index() == 0:
+      done = self.step - self.initial
+      eta = (time.time() - self.start) / max(done, 1) * (self.total - self.step)
+      log.info("step %d/%d %s eta %s", self.step, self.total,
+               " ".join(f"{k}={v}" for k, v in postfix.items()),
+               time.strftime("%H:%M:%S", time.gmtime(eta)))
 
   def write(self, msg: str):
     if self.bar is not None:
       self.bar.write(msg)
-    else:
+    elif jax.process_index() == 0:
       log.info("%s", msg)
 
   def close(self):
@@ -476,14 +482,14 @@ def _eval_sets(config, tok, split: str, limit: int = 0):
 
 
 def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: Sharder,
-                         step: int, splits=("dev", "test")) -> dict[str, float]:
-  """Dev metrics of `params`, `metrics.json`, and the prediction files of `splits`."""
+                         step: int, write_metrics: bool = True) -> dict[str, float]:
+  """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files."""
   predict_fns = eval_lib.make_predict_fns(mt_model)
   eval_batch = int(config.eval.batch_size)
   local_batch = sharder.check_batch_size(eval_batch, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")
-  for split in splits:
+  for split in ("dev", "test"):
     sets = _eval_sets(config, tok, split)
     if split == "dev":
       configured = [t for t in experiment.EVAL_TASKS if sets[t] is not None]
@@ -494,7 +500,7 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
       metrics.update(eval_lib.summarize(scores))
     if config.eval.write_predictions and jax.process_index() == 0:
       eval_lib.write_split_predictions(pred_dir, split, sets, preds)
-  if jax.process_index() == 0:
+  if write_metrics and jax.process_index() == 0:
     eval_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
   return metrics
 
@@ -653,8 +659,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict | None = None,
-                     splits=("dev", "test")) -> dict[str, float]:
-  """`--mode=eval` / `predict`: restore the best checkpoint, write metrics and predictions."""
+                     write_metrics: bool = True) -> dict[str, float]:
+  """`--mode=eval` (metrics.json + predictions) / `predict` (predictions only) of the best
+  checkpoint; the data files are those of `config` (default: the training run's)."""
   config = config or load_workdir_config(workdir)
   mt_model, params, tok = restore_best_params(config, workdir)
   sharder = Sharder(make_mesh())
@@ -662,4 +669,4 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict | None = No
   step = ckpts.best_step()
   ckpts.close()
   return evaluate_and_predict(config, workdir, mt_model, sharder.replicate(params), tok,
-                              sharder, step, splits)
+                              sharder, step, write_metrics)
