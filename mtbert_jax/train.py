@@ -104,7 +104,8 @@ def init_state(params, tx: optax.GradientTransformation, sc: experiment.StepConf
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       loss_ema=jnp.ones((len(sc.tasks),), jnp.float32),
-      ema_params=params if sc.bregman_weight > 0 else None,
+      # A copy: the state is donated to the step, and two leaves must not share a buffer.
+      ema_params=jax.tree_util.tree_map(jnp.copy, params) if sc.bregman_weight > 0 else None,
       nonfinite=jnp.zeros((), jnp.int32))
 
 
@@ -241,7 +242,7 @@ def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str
     return weight * loss, (loss, metrics)
 
   (weighted, (loss, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(weighted) & jnp.isfinite(grad_norm)
   updates, new_opt_state = tx.update(grads, state.opt_state, params)
   new_params = optax.apply_updates(params, updates)

@@ -1,0 +1,456 @@
+"""Heads, the train step, the loop, checkpoints and evaluation (issue 3), on a tiny encoder.
+
+End-to-end runs use a tiny random encoder saved as an HF folder with the real vocabulary
+(`tiny_ckpt_dir`), the real data files and small limits, so the whole file runs in about a
+minute on 2 CPU cores; `test_smoke_config_real_checkpoint` runs `configs/smoke.py` as is.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from mtbert_jax import data as data_lib
+from mtbert_jax import evaluate as eval_lib
+from mtbert_jax import experiment
+from mtbert_jax import heads as heads_lib
+from mtbert_jax import model as model_lib
+from mtbert_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_run_config(ckpt_dir: str, **overrides):
+  """configs/smoke.py on the tiny encoder, with overrides like `train__num_steps=8`."""
+  c = smoke.get_config()
+  c.model.checkpoint = ckpt_dir
+  c.jax_cache_dir = ""
+  for key, value in overrides.items():
+    group, field = key.split("__")
+    c[group][field] = value
+  return c
+
+
+def _tiny_model(tiny_config, **head_kw):
+  return heads_lib.MultitaskModel(tiny_config, heads_lib.HeadConfig(**head_kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads.
+
+
+@pytest.mark.parametrize("head_kw", [
+    {}, dict(sentiment="squared_relu", paraphrase="prompt", similarity="cosine",
+             cls_source="hidden")])
+def test_head_shapes_and_ranges(tiny_config, head_kw):
+  m = _tiny_model(tiny_config, **head_kw)
+  params = heads_lib.init_params(m, jax.random.key(0))
+  ids = jax.random.randint(jax.random.key(1), (3, 10), 1, tiny_config.vocab_size)
+  mask = jnp.ones_like(ids)
+  v = m.apply({"params": params}, ids, mask, jnp.zeros_like(ids), True, method=m.vector)
+  assert v.shape == (3, tiny_config.hidden_size) and v.dtype == jnp.float32
+  logits = m.apply({"params": params}, v, True, method=m.sentiment_logits)
+  assert logits.shape == (3, 5)
+  if head_kw.get("sentiment") == "squared_relu":
+    assert (logits >= 0).all()
+  joint = head_kw.get("paraphrase") == "prompt"
+  logit = m.apply({"params": params}, v, None if joint else v[::-1], True,
+                  method=m.paraphrase_logit)
+  assert logit.shape == (3,)
+  score = m.apply({"params": params}, v, v[::-1], True, method=m.similarity_score)
+  assert score.shape == (3,)
+  if head_kw.get("similarity") == "cosine":
+    assert ((score >= 0) & (score <= 5)).all()
+    same = m.apply({"params": params}, v, v, True, method=m.similarity_score)
+    np.testing.assert_allclose(same, 5.0, rtol=1e-5)  # cos(u, u) = 1 -> 5
+
+
+def test_head_config_rejects_unknown_mode():
+  with pytest.raises(ValueError, match="paraphrase"):
+    heads_lib.HeadConfig(paraphrase="cross")
+
+
+# ---------------------------------------------------------------------------------------------
+# The train step.
+
+
+def _step_fixture(tiny_config, config_overrides=None, head_kw=None):
+  from configs import base  # pylint: disable=import-outside-toplevel
+  c = base.get_config()
+  for key, value in (config_overrides or {}).items():
+    group, field = key.split("__")
+    c[group][field] = value
+  sc = experiment.step_config(c)
+  m = _tiny_model(tiny_config, **(head_kw or {}))
+  params = heads_lib.init_params(m, jax.random.key(0))
+  tx = train.make_optimizer(c, params)
+  return c, sc, m, params, tx
+
+
+def _batch(task: str, batch: int = 4, length: int = 12, vocab: int = 99, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  suffixes = {"sst": [""], "para": ["_1", "_2"], "sts": ["_1", "_2"],
+              "nli": ["_1", "_2", "_3"]}[task]
+  out = {}
+  for s in suffixes:
+    lengths = rng.integers(3, length + 1, batch)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    out[f"input_ids{s}"] = (rng.integers(1, vocab, (batch, length)) * mask).astype(np.int32)
+    out[f"attention_mask{s}"] = mask
+    out[f"token_type_ids{s}"] = np.zeros((batch, length), np.int32)
+  if task == "sst":
+    out["labels"] = rng.integers(0, 5, batch).astype(np.int32)
+  elif task == "para":
+    out["labels"] = rng.integers(0, 2, batch).astype(np.int32)
+  elif task == "sts":
+    out["labels"] = rng.uniform(0, 5, batch).astype(np.float32)
+  out["weights"] = np.ones(batch, np.float32)
+  return out
+
+
+def _grads(sc, m, params, batch, task):
+  rng = jax.random.key(3)
+  fn = lambda p: train.task_loss(m, sc, p, batch, rng, task)[0]
+  return jax.grad(fn)(params)
+
+
+def test_zero_weight_extensions_leave_gradients_unchanged(tiny_config):
+  """SMART, unsupervised SimCSE and Bregman at weight 0 give the baseline's gradients."""
+  _, base_sc, m, params, _ = _step_fixture(tiny_config)
+  _, off_sc, _, _, _ = _step_fixture(tiny_config, {
+      "smart__weight": 0.0, "smart__variant": "adversarial", "simcse__unsup_weight": 0.0,
+      "smart__bregman_weight": 0.0})
+  batch = _batch("sst")
+  g0 = _grads(base_sc, m, params, batch, "sst")
+  g1 = _grads(off_sc, m, params, batch, "sst")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, g0, g1)
+
+
+@pytest.mark.parametrize("overrides,task,head_kw", [
+    ({"smart__weight": 1.0, "smart__num_samples": 2}, "sst", {}),
+    ({"smart__weight": 1.0, "smart__variant": "adversarial"}, "sst", {}),
+    ({"smart__weight": 1.0, "smart__tasks": ("sts",)}, "sts", {"similarity": "cosine"}),
+    ({"smart__weight": 1.0, "smart__tasks": ("para",)}, "para", {"paraphrase": "prompt"}),
+    ({"simcse__unsup_weight": 1.0}, "sst", {}),
+    ({"train__tasks": ("sst", "para", "sts", "nli")}, "nli", {"similarity": "cosine"}),
+    ({"weighting__mode": "loss"}, "para", {}),
+])
+def test_extension_steps_finite_and_compile_once_per_shape(tiny_config, overrides, task,
+                                                           head_kw):
+  c, sc, m, params, tx = _step_fixture(tiny_config, overrides, head_kw)
+  if task not in sc.tasks:
+    pytest.skip("task not trained by this config")
+  state = train.init_state(params, tx, sc)
+  step = jax.jit(functools.partial(train.train_step, task=task, mt_model=m, sc=sc, tx=tx))
+  key = jax.random.key(0)
+  batch_para = task == "para" and head_kw.get("paraphrase") == "prompt"
+  make = lambda length, seed: _batch("sst" if batch_para else task, length=length, seed=seed)
+  if batch_para:
+    make = lambda length, seed: dict(_batch("sst", length=length, seed=seed),
+                                     labels=np.array([0, 1, 1, 0], np.int32))
+  for seed, length in enumerate((12, 12, 16, 12, 16)):
+    state, metrics = step(state, make(length, seed), key)
+    for k, v in metrics.items():
+      assert np.isfinite(v), (k, v)
+  assert step._cache_size() == 2  # pylint: disable=protected-access  # one per length
+  assert int(state.nonfinite) == 0 and int(state.step) == 5
+  del c
+
+
+def test_pretrain_mode_freezes_encoder(tiny_config):
+  c, sc, m, params, tx = _step_fixture(tiny_config, {"train__mode": "pretrain"})
+  state = train.init_state(params, tx, sc)
+  new, _ = jax.jit(functools.partial(train.train_step, task="sst", mt_model=m, sc=sc, tx=tx))(
+      state, _batch("sst"), jax.random.key(0))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new.params["bert"], params["bert"])
+  assert not np.array_equal(new.params["sentiment_out"]["kernel"],
+                            params["sentiment_out"]["kernel"])
+  del c
+
+
+def test_nonfinite_loss_skips_update(tiny_config):
+  _, sc, m, params, tx = _step_fixture(tiny_config)
+  state = train.init_state(params, tx, sc)
+  batch = _batch("sts")
+  batch["labels"][0] = np.nan
+  new, _ = jax.jit(functools.partial(train.train_step, task="sts", mt_model=m, sc=sc, tx=tx))(
+      state, batch, jax.random.key(0))
+  assert int(new.nonfinite) == 1
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, params)
+
+
+_MULTI_DEVICE_SCRIPT = r"""
+import functools, jax, numpy as np
+from configs import base
+from mtbert_jax import experiment, heads as heads_lib, model as model_lib, train
+from jax.sharding import Mesh
+assert len(jax.devices()) == 8, jax.devices()
+cfg = model_lib.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=37,
+                           max_position_embeddings=64, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+c = base.get_config(); c.heads.dropout = 0.0
+sc = experiment.step_config(c)
+m = heads_lib.MultitaskModel(cfg, experiment.head_config(c))
+params = jax.device_get(heads_lib.init_params(m, jax.random.key(0)))  # host copy: steps donate
+tx = train.make_optimizer(c, params)
+rng = np.random.default_rng(0)
+batch = {"input_ids": rng.integers(1, 99, (16, 12)).astype(np.int32),
+         "attention_mask": np.ones((16, 12), np.int32),
+         "token_type_ids": np.zeros((16, 12), np.int32),
+         "labels": rng.integers(0, 5, 16).astype(np.int32),
+         "weights": np.ones(16, np.float32)}
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+  sharder = train.Sharder(Mesh(np.asarray(devices), ("data",)))
+  step = train.compile_steps(m, sc, tx, sharder)["sst"]
+  state = sharder.replicate(train.init_state(params, tx, sc))
+  key = jax.random.wrap_key_data(sharder.replicate(jax.random.key_data(jax.random.key(1))))
+  for _ in range(2):
+    state, metrics = step(state, sharder(batch), key)
+  assert len(state.params["sentiment_out"]["kernel"].sharding.device_set) == len(devices)
+  results.append((jax.device_get(state.params), float(metrics["loss/sst"])))
+(p1, l1), (p8, l8) = results
+diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1),
+                                                        jax.tree_util.tree_leaves(p8)))
+print("max_abs_param_diff", diff, "loss", l1, l8)
+# 1e-6: the same float32 math, with the batch reductions split over 8 devices in another
+# order; two AdamW steps of lr 3e-5 move parameters by ~6e-5, so a layout bug shows as ~1e-5.
+assert diff < 1e-6 and abs(l1 - l8) < 1e-5, (diff, l1, l8)
+"""
+
+
+def test_sharded_step_on_8_fake_devices_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "max_abs_param_diff" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop, checkpoints, evaluation.
+
+
+def _read_predictions(path):
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  return lines[0], [line.split(" , ") for line in lines[1:]]
+
+
+def test_train_eval_predict_roundtrip(tiny_ckpt_dir, data_dir, tmp_path):
+  config = tiny_run_config(tiny_ckpt_dir, data__sst_test="cs224n/ids-sst-test-student.csv")
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(config, workdir)
+  for key in ("dev/sst_acc", "dev/para_acc", "dev/sts_pearson", "dev/average",
+              "dev/leaderboard", "step"):
+    assert key in metrics
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    assert json.load(f) == pytest.approx(metrics)
+  pred_dir = os.path.join(workdir, "predictions")
+  assert sorted(os.listdir(pred_dir)) == ["para-dev-output.csv", "sst-dev-output.csv",
+                                          "sst-test-output.csv", "sts-dev-output.csv"]
+  header, rows = _read_predictions(os.path.join(pred_dir, "sst-test-output.csv"))
+  assert header == "id \t Predicted_Sentiment "
+  test_rows = data_lib.read_sentiment(os.path.join(data_dir, "cs224n/ids-sst-test-student.csv"))
+  assert [r[0] for r in rows] == test_rows.ids
+  assert all(r[1].strip() in {"0", "1", "2", "3", "4"} for r in rows)
+  header, rows = _read_predictions(os.path.join(pred_dir, "sts-dev-output.csv"))
+  assert header == "id \t Predicted_Similiary " and len(rows) == 64
+
+  # --mode=eval restores the best checkpoint and reproduces the dev metrics exactly.
+  os.remove(os.path.join(workdir, "metrics.json"))
+  again = train.evaluate_workdir(workdir, config)
+  assert again == metrics
+  # The Python API gives the same predictions as the files.
+  predictor = eval_lib.Predictor.from_workdir(workdir)
+  sst_dev = data_lib.read_sentiment(os.path.join(data_dir, "cs224n/ids-sst-dev.csv"))
+  _, rows = _read_predictions(os.path.join(pred_dir, "sst-dev-output.csv"))
+  np.testing.assert_array_equal(predictor.sentiment(sst_dev.texts[:64]),
+                                [int(r[1]) for r in rows])
+  assert predictor.paraphrase([("a b", "a b")]).shape == (1,)
+  assert predictor.similarity([("a b", "c d"), ("x", "y")]).shape == (2,)
+
+
+def test_nan_loss_stops_training_and_keeps_last_checkpoint(tiny_ckpt_dir, data_dir, tmp_path,
+                                                           monkeypatch):
+  # Steps 1, 2 (sst, para) are fine and checkpointed at step 2; step 3 (sts) is NaN and
+  # skipped; the metrics pull at step 4 stops the run before anything else is saved.
+  config = tiny_run_config(tiny_ckpt_dir, train__num_steps=9, train__ckpt_every=2,
+                           train__log_every=4, train__eval_every=100)
+  real_mse = train.losses.mean_squared_error
+  monkeypatch.setattr(train.losses, "mean_squared_error",
+                      lambda pred, target, weights=None: real_mse(pred, target, weights) * jnp.nan)
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  from mtbert_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path / "run"))
+  latest = ckpts.latest_step()
+  ckpts.close()
+  assert latest == 2
+  if latest is not None:  # the saved state is finite
+    m, _ = experiment.build_model(config, load_weights=False)
+    params = heads_lib.init_params(m, jax.random.key(0))
+    sc = experiment.step_config(config)
+    like = train.init_state(params, train.make_optimizer(config, params), sc)
+    ckpts = ckpt_lib.Checkpoints(str(tmp_path / "run"))
+    state, _ = ckpts.restore_resume(like)
+    ckpts.close()
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+
+
+def _launch(workdir, ckpt_dir, *extra):
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={workdir}",
+         f"--config.model.checkpoint={ckpt_dir}", "--config.jax_cache_dir=",
+         "--config.train.num_steps=20", "--config.train.ckpt_every=2",
+         "--config.train.eval_every=4", *extra]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  return cmd, env
+
+
+def _final_state(workdir, config):
+  from mtbert_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  m, _ = experiment.build_model(config, load_weights=False)
+  params = heads_lib.init_params(m, jax.random.key(0))
+  like = train.init_state(params, train.make_optimizer(config, params),
+                          experiment.step_config(config))
+  ckpts = ckpt_lib.Checkpoints(workdir)
+  state, meta = ckpts.restore_resume(like)
+  ckpts.close()
+  return jax.device_get(state), meta
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tiny_ckpt_dir, data_dir, tmp_path):
+  full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
+  cmd, env = _launch(full_dir, tiny_ckpt_dir)
+  subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+  cmd, env = _launch(killed_dir, tiny_ckpt_dir)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  target = os.path.join(killed_dir, "checkpoints", "4")
+  deadline = time.time() + 300
+  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed_dir, "metrics.json"))
+  subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+  config = tiny_run_config(tiny_ckpt_dir, train__num_steps=20)
+  full_state, full_meta = _final_state(full_dir, config)
+  killed_state, killed_meta = _final_state(killed_dir, config)
+  assert full_meta["step"] == killed_meta["step"] == 20
+  jax.tree_util.tree_map(np.testing.assert_array_equal, full_state, killed_state)
+  with open(os.path.join(full_dir, "metrics.json"), encoding="utf-8") as f:
+    full_metrics = json.load(f)
+  with open(os.path.join(killed_dir, "metrics.json"), encoding="utf-8") as f:
+    assert json.load(f) == full_metrics
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tiny_ckpt_dir, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd, env = _launch(workdir, tiny_ckpt_dir, "--config.train.num_steps=100000",
+                     "--config.train.ckpt_every=100000", "--config.train.eval_every=100000")
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  tb = os.path.join(workdir, "config.json")
+  deadline = time.time() + 300
+  while not os.path.exists(tb) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(3.0)  # let it run some steps
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "SIGTERM: checkpoint saved" in stderr
+  steps = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert len(steps) == 1 and int(steps[0]) > 0
+
+
+def test_config_typo_is_a_clear_error(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={tmp_path}",
+         "--config.train.num_stepz=3"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+  assert out.returncode != 0
+  assert "num_stepz" in out.stderr
+
+
+def test_bad_config_values_name_the_field(tiny_ckpt_dir):
+  with pytest.raises(experiment.ConfigError, match="train.tasks"):
+    experiment.step_config(tiny_run_config(tiny_ckpt_dir, train__tasks=("sst", "qqp")))
+  with pytest.raises(experiment.ConfigError, match="model.dtype"):
+    experiment.build_model(tiny_run_config(tiny_ckpt_dir, model__dtype="fp16"))
+  with pytest.raises(experiment.ConfigError, match="data.max_length"):
+    experiment.load_split(tiny_run_config(tiny_ckpt_dir, data__max_length=512),
+                          experiment.tokenizer(tiny_run_config(tiny_ckpt_dir)), "sst", "dev")
+
+
+def test_missing_data_file_is_a_clear_error(tiny_ckpt_dir, tmp_path):
+  config = tiny_run_config(tiny_ckpt_dir, data__sst_dev=str(tmp_path / "nope.csv"))
+  with pytest.raises(FileNotFoundError, match="nope.csv"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_eval_with_checkpoint_of_another_shape_fails_clearly(tiny_ckpt_dir, data_dir,
+                                                             tmp_path):
+  config = tiny_run_config(tiny_ckpt_dir, train__num_steps=2, train__eval_every=2,
+                           eval__write_predictions=False)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  other = tiny_run_config("")  # the real MiniLM (hidden 384) against a hidden-32 checkpoint
+  with pytest.raises(ValueError, match="does not fit the configured model"):
+    train.evaluate_workdir(workdir, other)
+
+
+def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):
+  """A full epoch of SST dev through the sst step compiles once per bucket, no more."""
+  config = tiny_run_config(tiny_ckpt_dir, data__buckets=(16, 32, 64))
+  tok = experiment.tokenizer(config)
+  tokset = experiment.load_split(config, tok, "sst", "dev")
+  sc = experiment.step_config(config)
+  m, bert = experiment.build_model(config)
+  params = heads_lib.init_params(m, jax.random.key(0), bert)
+  tx = train.make_optimizer(config, params)
+  sharder = train.Sharder(train.make_mesh())
+  step = train.compile_steps(m, sc, tx, sharder)["sst"]
+  state = sharder.replicate(train.init_state(params, tx, sc))
+  it = data_lib.TrainIterator(sources=[tokset], mix_weights=None, batch_size=8,
+                              buckets=config.data.buckets, seed=0)
+  key = jax.random.key(0)
+  lengths = set()
+  for _ in range(len(tokset) // 8 + 1):
+    batch = next(it)
+    batch.pop("index")
+    lengths.add(batch["input_ids"].shape[1])
+    state, _ = step(state, sharder(batch), key)
+  assert lengths == {16, 32, 64}
+  assert step._cache_size() == 3  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_smoke_config_real_checkpoint(data_dir, tmp_path):
+  """configs/smoke.py exactly as CI and users run it (the embedded MiniLM checkpoint)."""
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "dev/average" in out.stdout
+  with open(os.path.join(tmp_path, "metrics.json"), encoding="utf-8") as f:
+    metrics = json.load(f)
+  assert 0.0 <= metrics["dev/sst_acc"] <= 1.0 and metrics["step"] > 0
