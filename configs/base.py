@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   # -- task heads (mtbert_jax/heads.py) -------------------------------------------------------
   c.heads = ml_collections.ConfigDict()
   c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper)
-  c.heads.paraphrase = "bi"         # "bi": [u; v] of two encodings | "prompt": cross-encoder
-  c.heads.similarity = "linear"     # "linear" on [u; v] | "cosine": shared projection, 5*cos
+  c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt": cross-encoder
+  c.heads.similarity = "linear"     # "linear" on [u;v;|u-v|;u*v] | "cosine": shared layer, 5*cos
   c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)
   c.heads.cls_source = "pooler"     # sentence vector: "pooler" output | "hidden" [CLS] state
 

@@ -3,10 +3,12 @@
 `MultitaskModel` owns one `BertModel` (parameters under `bert/`) and small float32 heads:
 
 * sentiment: dropout, linear to 5 logits; the paper's head adds a squared ReLU on top.
-* paraphrase, "bi": dropout, linear on [u; v] of the two sentences' vectors (the baseline);
+* paraphrase, "bi": dropout, linear on [u; v; |u-v|; u*v] of the two sentences' vectors
+  (the baseline);
   "prompt": the paper's cross-encoder, one input `[CLS] prompt + s1 [SEP] s2 [SEP]`, its
   vector through dropout and a linear layer to one logit (sigmoid in the loss).
-* similarity, "linear": dropout, linear on [u; v] (the baseline, a 0-5 regression);
+* similarity, "linear": dropout, linear on [u; v; |u-v|; u*v] (the baseline, a 0-5
+  regression);
   "cosine": the paper's head, each vector through the `sts_proj` layer shared with the
   NLI/SimCSE task, cosine similarity clamped to [0, 1], times 5.
 
@@ -56,6 +58,12 @@ def cosine_similarity(u: Array, v: Array, eps: float = 1e-8) -> Array:
   return num / den
 
 
+def pair_features(u: Array, v: Array) -> Array:
+  """[u; v; |u - v|; u * v]: the two vectors and their interactions (Sentence-BERT's
+  classification input), so a linear layer can tell "same" from "different"."""
+  return jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)  # [B, 4H]
+
+
 class MultitaskModel(nn.Module):
   """One encoder, three task heads (plus the projection SimCSE shares with STS)."""
   bert_config: model_lib.BertConfig
@@ -101,7 +109,7 @@ class MultitaskModel(nn.Module):
 
   def paraphrase_logit(self, u: Array, v: Array | None, deterministic: bool) -> Array:
     """One logit [B]: from the joint vector `u` ("prompt") or from `u`, `v` ("bi")."""
-    x = u if self.heads.paraphrase == "prompt" else jnp.concatenate([u, v], axis=-1)
+    x = u if self.heads.paraphrase == "prompt" else pair_features(u, v)
     return self.paraphrase_out(self.head_dropout(x, deterministic=deterministic))[:, 0]
 
   def sts_embedding(self, v: Array) -> Array:
@@ -114,7 +122,7 @@ class MultitaskModel(nn.Module):
       u = self.sts_embedding(self.head_dropout(u, deterministic=deterministic))
       v = self.sts_embedding(self.head_dropout(v, deterministic=deterministic))
       return 5.0 * jnp.clip(cosine_similarity(u, v), 0.0, 1.0)
-    x = jnp.concatenate([u, v], axis=-1)
+    x = pair_features(u, v)
     return self.similarity_out(self.head_dropout(x, deterministic=deterministic))[:, 0]
 
   def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
