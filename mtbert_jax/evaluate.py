@@ -94,14 +94,21 @@ def make_predict_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
 
 
 def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, batch_size: int,
-            buckets: Sequence[int], to_device: Callable = lambda b: b) -> np.ndarray:
-  """Predictions for every row of `tokset`, in file order."""
+            buckets: Sequence[int], sharder: Any = None) -> np.ndarray:
+  """Predictions for every row of `tokset`, in file order.
+
+  `batch_size` is global; with a `train.Sharder` each host feeds its slice of every batch
+  to the mesh and every host gets all predictions back.
+  """
   out = None
   for batch in data_lib.eval_batches(tokset, batch_size, buckets):
     index = batch.pop("index")
     batch.pop("labels", None)
     batch.pop("weights")
-    pred = np.asarray(jax.device_get(predict_fn(params, to_device(batch))))
+    if sharder is None:
+      pred = np.asarray(jax.device_get(predict_fn(params, batch)))
+    else:
+      pred = sharder.gather(predict_fn(params, sharder.put_global(batch)))
     if out is None:
       out = np.zeros(len(tokset), pred.dtype)
     keep = index >= 0
@@ -137,14 +144,14 @@ def write_json(path: str, obj: Any) -> None:
 
 def evaluate_split(predict_fns: dict[str, Callable], params: Any,
                    sets: dict[str, data_lib.TokenizedSet | None], batch_size: int,
-                   buckets: Sequence[int], to_device: Callable = lambda b: b
+                   buckets: Sequence[int], sharder: Any = None
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """(scores per labeled task, predictions per task) over the configured sets."""
   scores, preds = {}, {}
   for task, tokset in sets.items():
     if tokset is None:
       continue
-    preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, to_device)
+    preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, sharder)
     if tokset.labels is not None:
       scores[task] = task_metric(task, preds[task], tokset.labels)
   return scores, preds

@@ -298,7 +298,21 @@ class Sharder:
     return global_batch // jax.process_count()
 
   def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This host's rows of a global batch -> global arrays sharded over the mesh."""
     return {k: jax.make_array_from_process_local_data(self.batch, v) for k, v in batch.items()}
+
+  def put_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A global batch that every host holds in full (evaluation): each puts its slice."""
+    count, index = jax.process_count(), jax.process_index()
+    local = {k: np.split(v, count)[index] for k, v in batch.items()}
+    return self(local)
+
+  def gather(self, x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host) global array as one NumPy array on every host."""
+    if x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
   def replicate(self, tree):
     return jax.device_put(tree, self.replicated)
@@ -487,7 +501,7 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
   """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files."""
   predict_fns = eval_lib.make_predict_fns(mt_model)
   eval_batch = int(config.eval.batch_size)
-  local_batch = sharder.check_batch_size(eval_batch, "eval.batch_size")
+  sharder.check_batch_size(eval_batch, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")
   for split in ("dev", "test"):
@@ -495,7 +509,7 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
     if split == "dev":
       configured = [t for t in experiment.EVAL_TASKS if sets[t] is not None]
       log.info("evaluating dev sets: %s", configured)
-    scores, preds = eval_lib.evaluate_split(predict_fns, params, sets, local_batch,
+    scores, preds = eval_lib.evaluate_split(predict_fns, params, sets, eval_batch,
                                             config.data.buckets, sharder)
     if split == "dev":
       metrics.update(eval_lib.summarize(scores))
@@ -574,7 +588,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps = compile_steps(mt_model, sc, tx, sharder)
   predict_fns = eval_lib.make_predict_fns(mt_model)
-  eval_local = sharder.check_batch_size(int(config.eval.batch_size), "eval.batch_size")
+  eval_batch = int(config.eval.batch_size)
+  sharder.check_batch_size(eval_batch, "eval.batch_size")
   base_rng = sharder.replicate(jax.random.key_data(jax.random.key(config.seed + 1)))
   base_rng = jax.random.wrap_key_data(base_rng)
   writer = _Writer(os.path.join(workdir, "tensorboard"))
@@ -624,7 +639,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
                  if k.startswith("loss/") and k != "loss/total"}})
         if step % eval_every == 0 or last:
-          scores, _ = eval_lib.evaluate_split(predict_fns, state.params, dev_sets, eval_local,
+          scores, _ = eval_lib.evaluate_split(predict_fns, state.params, dev_sets, eval_batch,
                                               config.data.buckets, sharder)
           dev = eval_lib.summarize(scores)
           writer.scalars(step, dev)
