@@ -13,6 +13,11 @@ import logging
 import os
 import sys
 
+from mtbert_jax import runtime
+
+if __name__ == "__main__":
+  runtime.tune_malloc()  # re-executes once, before JAX is imported
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,8 +56,6 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from mtbert_jax import train  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel
-  runtime.configure()
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                jax.process_count())
   workdir = os.path.abspath(_WORKDIR.value)

@@ -13,6 +13,7 @@ def get_config():
   c.data.max_length = 64
   c.data.buckets = (32, 64)
   c.data.dev_limit = 0
+  c.eval.buckets = (16, 24, 32, 48, 64)
   c.train.num_steps = 300
   c.train.batch_size = 32
   c.train.log_every = 25

@@ -117,6 +117,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.tune_malloc()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
   app.run(main)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtbert_jax import data as data_lib
+from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,8 @@ class Predictor:
     from mtbert_jax import train  # pylint: disable=import-outside-toplevel
     config = train.load_workdir_config(workdir)
     mt_model, params, tok = train.restore_best_params(config, workdir)
-    return cls(mt_model, params, tok, int(config.data.max_length), config.data.buckets,
-               batch_size)
+    return cls(mt_model, params, tok, int(config.data.max_length),
+               experiment.eval_buckets(config), batch_size)
 
   def _run(self, task: str, tokset: data_lib.TokenizedSet) -> np.ndarray:
     return predict(self._fns[task], self.params, tokset, self.batch_size, self.buckets)

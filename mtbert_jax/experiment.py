@@ -181,6 +181,15 @@ def _check_max_length(config) -> int:
   return max_length
 
 
+def eval_buckets(config) -> tuple[int, ...]:
+  """Padded lengths for evaluation: `eval.buckets`, or `data.buckets` when empty."""
+  buckets = tuple(int(b) for b in (config.eval.buckets or config.data.buckets))
+  if list(buckets) != sorted(set(buckets)) or buckets[-1] < int(config.data.max_length):
+    raise ConfigError(f"--config.eval.buckets={buckets}: expected increasing lengths up to "
+                      f"at least data.max_length={config.data.max_length}")
+  return buckets
+
+
 def _on_invalid(config) -> str:
   return _choice(config, "data.on_invalid", ("raise", "skip"))
 

@@ -510,7 +510,7 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
       configured = [t for t in experiment.EVAL_TASKS if sets[t] is not None]
       log.info("evaluating dev sets: %s", configured)
     scores, preds = eval_lib.evaluate_split(predict_fns, params, sets, eval_batch,
-                                            config.data.buckets, sharder)
+                                            experiment.eval_buckets(config), sharder)
     if split == "dev":
       metrics.update(eval_lib.summarize(scores))
     if config.eval.write_predictions and jax.process_index() == 0:
@@ -603,6 +603,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "best_step": best_step, "config": experiment.to_dict(config)}
 
   prefetch = Prefetcher(iterators, sc.tasks, start, num_steps, sharder)
+  windows: list[dict] = []  # per metrics pull: steps, seconds (for train_stats.json)
   pending: list[dict] = []
   window_start, window_examples = time.time(), 0
   it_states = {t: it.get_state() for t, it in iterators.items()}
@@ -632,6 +633,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summary = {k: float(np.mean(v)) for k, v in summary.items()}
           elapsed = time.time() - window_start
           summary["perf/examples_per_s"] = window_examples / max(elapsed, 1e-9)
+          windows.append({"end_step": step, "steps": len(host), "examples": window_examples,
+                          "seconds": elapsed})
           window_start, window_examples = time.time(), 0
           writer.scalars(step, summary)
           progress.update(len(host), {
@@ -639,8 +642,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
                  if k.startswith("loss/") and k != "loss/total"}})
         if step % eval_every == 0 or last:
+          eval_start = time.time()
           scores, _ = eval_lib.evaluate_split(predict_fns, state.params, dev_sets, eval_batch,
-                                              config.data.buckets, sharder)
+                                              experiment.eval_buckets(config), sharder)
           dev = eval_lib.summarize(scores)
           writer.scalars(step, dev)
           score = dev.get("dev/average", float(np.mean(list(scores.values()) or [0.0])))
@@ -648,8 +652,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if score > best_score:
             best_score, best_step = score, step
             ckpts.save_best(step, state.params, {"step": step, "dev": dev})
+          window_start += time.time() - eval_start  # evaluation is not training throughput
         if step % ckpt_every == 0 or last or interrupt.requested:
+          save_start = time.time()
           ckpts.save_resume(step, state, resume_meta(step, it_states))
+          window_start += time.time() - save_start
         if interrupt.requested and not last:
           log.warning("SIGTERM: checkpoint saved at step %d; exiting. Run the same command "
                       "to resume.", step)
@@ -660,6 +667,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
 
   ckpts.close()
+  if jax.process_index() == 0:  # loop throughput per metrics window (evaluations excluded)
+    eval_lib.write_json(os.path.join(workdir, "train_stats.json"), {"windows": windows})
   log.info("training done: best dev average %.4f at step %d; evaluating it", best_score,
            best_step)
   _, best_params, _ = restore_best_params(config, workdir)
