@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt": cross-encoder
   c.heads.similarity = "linear"     # "linear" on [u;v;|u-v|;u*v] | "cosine": shared layer, 5*cos
   c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)
-  c.heads.cls_source = "pooler"     # sentence vector: "pooler" output | "hidden" [CLS] state
+  c.heads.cls_source = "auto"       # sentence vector: "pooler" output (paper) | "hidden" [CLS]
+                                    # state | "mean" of the tokens | "auto": the checkpoint's
+                                    # own pooling if it is a sentence-transformers folder
+                                    # (embedded MiniLM: mean), else the pooler
 
   # -- data (mtbert_jax/data.py); "" = not configured (the split is skipped, with a log) ---------
   c.data = ml_collections.ConfigDict()

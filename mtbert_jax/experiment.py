@@ -9,6 +9,7 @@ reads and tokenizes the configured data files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -105,13 +106,35 @@ def step_config(config) -> StepConfig:
       simcse_unsup_weight=float(config.simcse.unsup_weight))
 
 
+def sentence_vector_source(config) -> str:
+  """`heads.cls_source`, with "auto" resolved from the checkpoint folder.
+
+  "auto": a sentence-transformers checkpoint (such as the embedded all-MiniLM-L6-v2) says
+  in `1_Pooling/config.json` how it was trained to pool (mean of the tokens -> "mean", the
+  [CLS] state -> "hidden"); any other BERT folder gets the pooler, as in the paper.
+  """
+  source = config.heads.cls_source
+  if source != "auto":
+    return source
+  ckpt = paths.resolve_checkpoint(config.model.checkpoint or None)
+  pooling_file = os.path.join(ckpt, "1_Pooling", "config.json")
+  if os.path.isfile(pooling_file):
+    with open(pooling_file, encoding="utf-8") as f:
+      pooling = json.load(f)
+    if pooling.get("pooling_mode_mean_tokens"):
+      return "mean"
+    if pooling.get("pooling_mode_cls_token"):
+      return "hidden"
+  return "pooler"
+
+
 def head_config(config) -> heads_lib.HeadConfig:
   try:
     return heads_lib.HeadConfig(sentiment=config.heads.sentiment,
                                 paraphrase=config.heads.paraphrase,
                                 similarity=config.heads.similarity,
                                 dropout=float(config.heads.dropout),
-                                cls_source=config.heads.cls_source)
+                                cls_source=sentence_vector_source(config))
   except ValueError as e:
     raise ConfigError(f"--config.{e}") from e
 

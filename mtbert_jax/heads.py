@@ -39,6 +39,7 @@ class HeadConfig:
   similarity: str = "linear"     # "linear" (baseline) | "cosine" (paper, shared sts_proj)
   dropout: float = 0.2           # dropout before every head's linear layer
   cls_source: str = "pooler"     # "pooler" (dense+tanh over [CLS]) | "hidden" ([CLS] state)
+                                 # | "mean" (masked mean of the last hidden states)
   num_sentiment_classes: int = 5
   prompt: str = PARAPHRASE_PROMPT
 
@@ -46,7 +47,7 @@ class HeadConfig:
     for field, allowed in (("sentiment", ("linear", "squared_relu")),
                            ("paraphrase", ("bi", "prompt")),
                            ("similarity", ("linear", "cosine")),
-                           ("cls_source", ("pooler", "hidden"))):
+                           ("cls_source", ("pooler", "hidden", "mean"))):
       if getattr(self, field) not in allowed:
         raise ValueError(f"heads.{field}={getattr(self, field)!r}; expected one of {allowed}")
 
@@ -91,8 +92,14 @@ class MultitaskModel(nn.Module):
                              deterministic: bool) -> Array:
     """The sentence vector [B, H] (float32) of (possibly perturbed) input embeddings."""
     hidden = self.bert.encode(embeddings, attention_mask, deterministic)  # [B, L, H]
+    if self.is_initializing() and self.heads.cls_source != "pooler":
+      self.bert.pool(hidden)  # the pooler's parameters exist whatever the sentence vector
     if self.heads.cls_source == "pooler":
       return self.bert.pool(hidden).astype(jnp.float32)
+    if self.heads.cls_source == "mean":  # the sentence-transformers pooling (e.g. MiniLM)
+      mask = attention_mask[..., None].astype(jnp.float32)  # [B, L, 1]
+      total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
+      return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
     return hidden[:, 0].astype(jnp.float32)
 
   def vector(self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
