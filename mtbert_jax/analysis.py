@@ -117,8 +117,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel
-  runtime.tune_malloc()
+  # No malloc tuning here (mtbert_jax/runtime.py): rows compile many programs in one process,
+  # and with trimming off the freed compile memory is never returned to the OS.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
   app.run(main)
