@@ -18,17 +18,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" | tee -a "$OUT/session.txt"
 
 stamp "bench bert-base"
-timeout 200 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
+timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
   --dtype=bfloat16 --variants=project,smart_k1,simcse_unsup > "$OUT/bench_bert_base.txt" 2>&1
 stamp "bench minilm"
-timeout 120 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
+timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
   --dtype=bfloat16 > "$OUT/bench_minilm.txt" 2>&1
 stamp "full config"
-timeout 220 python3 launch.py --config=configs/full.py --workdir=/tmp/full \
+timeout 200 python3 launch.py --config=configs/full.py --workdir=/tmp/full \
   --config.model.checkpoint="$CKPT" --config.model.dtype=bfloat16 \
-  --config.train.num_steps=2400 --config.train.eval_every=800 --config.train.ckpt_every=800 \
+  --config.train.num_steps=1500 --config.train.eval_every=1500 --config.train.ckpt_every=1500 \
   --config.train.progress=false --config.jax_cache_dir= > "$OUT/full.log" 2>&1
 cp /tmp/full/metrics.json "$OUT/full_metrics.json" 2>/dev/null
 cp /tmp/full/train_stats.json "$OUT/full_train_stats.json" 2>/dev/null
 stamp "done"
-tail -n 3 "$OUT"/bench_*.txt
+tail -n 4 "$OUT"/bench_*.txt
+tail -n 12 "$OUT/full.log"

@@ -242,7 +242,7 @@ def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str
     return weight * loss, (loss, metrics)
 
   (weighted, (loss, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  grad_norm = optax.tree.norm(grads)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
   finite = jnp.isfinite(weighted) & jnp.isfinite(grad_norm)
   updates, new_opt_state = tx.update(grads, state.opt_state, params)
   new_params = optax.apply_updates(params, updates)
