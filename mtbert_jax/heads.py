@@ -41,7 +41,6 @@ class HeadConfig:
   cls_source: str = "pooler"     # "pooler" (dense+tanh over [CLS]) | "hidden" ([CLS] state)
                                  # | "mean" (masked mean of the last hidden states)
   num_sentiment_classes: int = 5
-  prompt: str = PARAPHRASE_PROMPT
 
   def __post_init__(self):
     for field, allowed in (("sentiment", ("linear", "squared_relu")),
