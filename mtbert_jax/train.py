@@ -497,8 +497,13 @@ def _eval_sets(config, tok, split: str, limit: int = 0):
 
 
 def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: Sharder,
-                         step: int, write_metrics: bool = True) -> dict[str, float]:
-  """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files."""
+                         step: int, write_metrics: bool = True,
+                         dev_results: tuple | None = None) -> dict[str, float]:
+  """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files.
+
+  `dev_results`: (scores, predictions) already computed for exactly these params on the
+  full dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
+  """
   predict_fns = eval_lib.make_predict_fns(mt_model)
   eval_batch = int(config.eval.batch_size)
   sharder.check_batch_size(eval_batch, "eval.batch_size")
@@ -506,11 +511,13 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
   pred_dir = os.path.join(workdir, "predictions")
   for split in ("dev", "test"):
     sets = _eval_sets(config, tok, split)
-    if split == "dev":
-      configured = [t for t in experiment.EVAL_TASKS if sets[t] is not None]
-      log.info("evaluating dev sets: %s", configured)
-    scores, preds = eval_lib.evaluate_split(predict_fns, params, sets, eval_batch,
-                                            experiment.eval_buckets(config), sharder)
+    if split == "dev" and dev_results is not None:
+      scores, preds = dev_results
+    else:
+      log.info("evaluating the %s sets: %s", split,
+               [t for t in experiment.EVAL_TASKS if sets[t] is not None])
+      scores, preds = eval_lib.evaluate_split(predict_fns, params, sets, eval_batch,
+                                              experiment.eval_buckets(config), sharder)
     if split == "dev":
       metrics.update(eval_lib.summarize(scores))
     if config.eval.write_predictions and jax.process_index() == 0:
@@ -602,6 +609,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"step": step, "iterators": it_states, "best_score": best_score,
             "best_step": best_step, "config": experiment.to_dict(config)}
 
+  full_dev = int(config.train.eval_limit) == 0
+  best_dev_results = None  # (step, scores, predictions) of the best full-dev evaluation
   prefetch = Prefetcher(iterators, sc.tasks, start, num_steps, sharder)
   windows: list[dict] = []  # per metrics pull: steps, seconds (for train_stats.json)
   pending: list[dict] = []
@@ -643,7 +652,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  if k.startswith("loss/") and k != "loss/total"}})
         if step % eval_every == 0 or last:
           eval_start = time.time()
-          scores, _ = eval_lib.evaluate_split(predict_fns, state.params, dev_sets, eval_batch,
+          scores, preds = eval_lib.evaluate_split(predict_fns, state.params, dev_sets, eval_batch,
                                               experiment.eval_buckets(config), sharder)
           dev = eval_lib.summarize(scores)
           writer.scalars(step, dev)
@@ -652,6 +661,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if score > best_score:
             best_score, best_step = score, step
             ckpts.save_best(step, state.params, {"step": step, "dev": dev})
+            best_dev_results = (step, scores, preds) if full_dev else None
           window_start += time.time() - eval_start  # evaluation is not training throughput
         if step % ckpt_every == 0 or last or interrupt.requested:
           save_start = time.time()
@@ -673,8 +683,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
            best_step)
   _, best_params, _ = restore_best_params(config, workdir)
   best_params = sharder.replicate(best_params)
+  reuse = None
+  if best_dev_results is not None and best_dev_results[0] == best_step:
+    reuse = best_dev_results[1:]  # same params (restored bit-exact), same dev sets
   metrics = evaluate_and_predict(config, workdir, mt_model, best_params, tok, sharder,
-                                 best_step)
+                                 best_step, dev_results=reuse)
   if config.ckpt.export_hf and jax.process_index() == 0:
     from mtbert_jax import convert  # pylint: disable=import-outside-toplevel
     convert.save_pretrained(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,
