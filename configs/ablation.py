@@ -3,8 +3,9 @@
   python launch.py --config=configs/ablation.py:smart --workdir=runs/ablation/smart
   python -m mtbert_jax.analysis --rows=all --workdir=runs/ablation   # every row + the table
 
-ROW is one of: baseline, prompting, smart, task_weighting, simcse, tweets, full. Every row
-has the same seed, step budget and batch size (the paper: 1,500 steps of batch 64).
+ROW is one of: baseline, prompting, smart, task_weighting, simcse, tweets, full (every
+extension the paper adopted, at once; `configs/full.py` keeps only those that helped here).
+Every row has the same seed, step budget and batch size (the paper: 1,500 steps of batch 64).
 """
 
 from configs import base
