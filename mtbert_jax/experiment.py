@@ -178,7 +178,7 @@ def data_path(config, field: str) -> str | None:
   return os.path.join(base, value)
 
 
-def _limit(tokset: data_lib.TokenizedSet, limit: int) -> data_lib.TokenizedSet:
+def limit_rows(tokset: data_lib.TokenizedSet, limit: int) -> data_lib.TokenizedSet:
   """The first `limit` rows of a set (0: all)."""
   if not limit or limit >= len(tokset):
     return tokset
@@ -240,7 +240,7 @@ def load_split(config, tok: tokenization.BertTokenizer, task: str, split: str,
   if split != "test" and tokset.labels is None:
     raise data_lib.DataError(f"{path}: the {split} file of task {task} has no labels")
   limit = {"train": config.data.train_limit, "dev": config.data.dev_limit}.get(split, 0)
-  return _limit(tokset, int(limit))
+  return limit_rows(tokset, int(limit))
 
 
 def train_sources(config, tok: tokenization.BertTokenizer, task: str
@@ -253,7 +253,7 @@ def train_sources(config, tok: tokenization.BertTokenizer, task: str
       raise ConfigError("--config.train.tasks has 'nli' but --config.data.nli is empty")
     sets = [data_lib.load_and_tokenize_triplets(path, tok, max_length,
                                                 on_invalid=_on_invalid(config))]
-    return [_limit(sets[0], int(config.data.train_limit))], [1.0]
+    return [limit_rows(sets[0], int(config.data.train_limit))], [1.0]
   main = load_split(config, tok, task, "train")
   if main is None:
     raise ConfigError(f"--config.data.{task}_train is empty but {task!r} is in "
@@ -267,7 +267,7 @@ def train_sources(config, tok: tokenization.BertTokenizer, task: str
         raise ConfigError("--config.data.cfimdb_weight > 0 but --config.data.cfimdb_train "
                           "is empty")
       neg, pos = (int(x) for x in config.data.cfimdb_labels)
-      sources.append(_limit(data_lib.load_and_tokenize_sentiment(
+      sources.append(limit_rows(data_lib.load_and_tokenize_sentiment(
           path, tok, max_length, num_classes=2, label_map={0: neg, 1: pos},
           on_invalid=_on_invalid(config)), limit))
       weights.append(float(config.data.cfimdb_weight))
@@ -275,7 +275,7 @@ def train_sources(config, tok: tokenization.BertTokenizer, task: str
       path = data_path(config, "tweets")
       if path is None:
         raise ConfigError("--config.data.tweets_weight > 0 but --config.data.tweets is empty")
-      sources.append(_limit(data_lib.load_and_tokenize_tweets(
+      sources.append(limit_rows(data_lib.load_and_tokenize_tweets(
           path, tok, max_length, on_invalid=_on_invalid(config)), limit))
       weights.append(float(config.data.tweets_weight))
   return sources, weights

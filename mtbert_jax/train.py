@@ -491,7 +491,7 @@ def restore_best_params(config, workdir: str):
 def _eval_sets(config, tok, split: str, limit: int = 0):
   sets = {t: experiment.load_split(config, tok, t, split) for t in experiment.EVAL_TASKS}
   if limit:
-    sets = {t: (None if s is None else experiment._limit(s, limit))  # pylint: disable=protected-access
+    sets = {t: (None if s is None else experiment.limit_rows(s, limit))
             for t, s in sets.items()}
   return sets
 
