@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/performance.md in one prepared run (device time is short).
+# Each phase streams to $OUT (tee), so a phase stopped by its timeout still returns what it
+# printed; the benchmark prints a line per runner as soon as it is ready and per round.
+# The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section):
+# time the first JAX step alone before running all of this again.
 # Expects, beside the checkout (git-ignored, carried): .whl/ (ml_collections, tensorboardX
 # wheels), .devdata/data.tgz (the course data) and .devdata/ckpt (all-MiniLM-L6-v2 in
 # float16 safetensors + config/vocab/pooling files). Results go to $OUT.
@@ -19,10 +23,10 @@ python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'tor
 
 stamp "bench bert-base"
 timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
-  --dtype=bfloat16 --variants=project,smart_k1,simcse_unsup > "$OUT/bench_bert_base.txt" 2>&1
+  --dtype=bfloat16 --variants=project,smart_k1,simcse_unsup 2>&1 | tee "$OUT/bench_bert_base.txt" | grep -v -i warn
 stamp "bench minilm"
 timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
-  --dtype=bfloat16 > "$OUT/bench_minilm.txt" 2>&1
+  --dtype=bfloat16 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
 stamp "full config"
 timeout 200 python3 launch.py --config=configs/full.py --workdir=/tmp/full \
   --config.model.checkpoint="$CKPT" --config.model.dtype=bfloat16 \

@@ -450,18 +450,27 @@ def main(argv=None):
 
   runners = {}
   compile_s = {}
-  if not args.skip_torch:
-    runners["torch_eager"], compile_s["torch_eager"] = bench_torch(
-        cfg, args, batches, tdev, torch_attn)
-    if with_compile:
-      runners["torch_compile"], compile_s["torch_compile"] = bench_torch(
-          cfg, args, batches, tdev, torch_attn, compile_model=True)
+
+  def ready(name):  # streamed, so a run stopped by a timeout still shows how far it got
+    print(f"[{time.strftime('%H:%M:%S')}] ready: {name}, first step (compile included) "
+          f"{compile_s[name]:.1f} s", flush=True)
+
+  # Order: JAX, then torch eager, then torch.compile (its compilation can take minutes).
   if not args.skip_jax:
     params = load_encoder_params(cfg, args)
     for variant in args.variant_names:
       name = f"jax:{variant}"
       runners[name], compile_s[name] = bench_jax(cfg, args, batches, variant, params)
+      ready(name)
     del params
+  if not args.skip_torch:
+    runners["torch_eager"], compile_s["torch_eager"] = bench_torch(
+        cfg, args, batches, tdev, torch_attn)
+    ready("torch_eager")
+    if with_compile:
+      runners["torch_compile"], compile_s["torch_compile"] = bench_torch(
+          cfg, args, batches, tdev, torch_attn, compile_model=True)
+      ready("torch_compile")
 
   times = {k: [] for k in runners}
   cpu = {k: [0.0, 0.0, 0] for k in runners}  # user s, system s, minor page faults
@@ -470,6 +479,8 @@ def main(argv=None):
       r0 = resource.getrusage(resource.RUSAGE_SELF)
       times[name] += timed(fn, args.steps)
       r1 = resource.getrusage(resource.RUSAGE_SELF)
+      print(f"[{time.strftime('%H:%M:%S')}] {name}: median so far "
+            f"{1e3 * statistics.median(times[name]):.1f} ms", flush=True)
       cpu[name][0] += r1.ru_utime - r0.ru_utime
       cpu[name][1] += r1.ru_stime - r0.ru_stime
       cpu[name][2] += r1.ru_minflt - r0.ru_minflt
