@@ -498,13 +498,15 @@ def _eval_sets(config, tok, split: str, limit: int = 0):
 
 def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: Sharder,
                          step: int, write_metrics: bool = True,
-                         dev_results: tuple | None = None) -> dict[str, float]:
+                         dev_results: tuple | None = None,
+                         predict_fns: dict | None = None) -> dict[str, float]:
   """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files.
 
   `dev_results`: (scores, predictions) already computed for exactly these params on the
   full dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
+  `predict_fns`: the loop's jitted predictors, so their compiled shapes are reused.
   """
-  predict_fns = eval_lib.make_predict_fns(mt_model)
+  predict_fns = predict_fns or eval_lib.make_predict_fns(mt_model)
   eval_batch = int(config.eval.batch_size)
   sharder.check_batch_size(eval_batch, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
@@ -548,8 +550,9 @@ class _Interrupt:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _to_float(metrics: dict) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _to_float(pending: list[dict]) -> list[dict[str, float]]:
+  """The metrics of the steps since the last pull, in one device-to-host transfer."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -627,7 +630,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         window_examples += int(config.train.batch_size)
         last = step == num_steps
         if step % log_every == 0 or last or interrupt.requested:
-          host = [_to_float(m) for m in pending]
+          host = _to_float(pending)
           pending = []
           nonfinite = int(jax.device_get(state.nonfinite))
           if nonfinite:
@@ -687,7 +690,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if best_dev_results is not None and best_dev_results[0] == best_step:
     reuse = best_dev_results[1:]  # same params (restored bit-exact), same dev sets
   metrics = evaluate_and_predict(config, workdir, mt_model, best_params, tok, sharder,
-                                 best_step, dev_results=reuse)
+                                 best_step, dev_results=reuse, predict_fns=predict_fns)
   if config.ckpt.export_hf and jax.process_index() == 0:
     from mtbert_jax import convert  # pylint: disable=import-outside-toplevel
     convert.save_pretrained(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,
