@@ -357,17 +357,20 @@ class Prefetcher:
         batch = next(iterators[task])
         batch.pop("index", None)
         states = {t: it.get_state() for t, it in iterators.items()}
-        item = (task, sharder(batch), states)
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
+        if not self._put((task, sharder(batch), states)):
           return
     except BaseException as e:  # surfaced in the main thread
-      self._queue.put(e)
+      self._put(e)
+
+  def _put(self, item) -> bool:
+    """Waits for room in the queue; False once `close` was called."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def __iter__(self):
     return self
@@ -379,7 +382,10 @@ class Prefetcher:
     return item
 
   def close(self):
+    """Stops the thread and waits for it: a thread still inside JAX's C++ code (a transfer)
+    when the interpreter shuts down aborts the process ("FATAL: exception not rethrown")."""
     self._stop.set()
+    self._thread.join()
 
 
 # ------------------------------------------------------------------------------------------
@@ -678,8 +684,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     prefetch.close()
     progress.close()
     writer.close()
+    ckpts.close()
 
-  ckpts.close()
   if jax.process_index() == 0:  # loop throughput per metrics window (evaluations excluded)
     eval_lib.write_json(os.path.join(workdir, "train_stats.json"), {"windows": windows})
   log.info("training done: best dev average %.4f at step %d; evaluating it", best_score,
