@@ -2,8 +2,9 @@
 # Every GPU measurement of docs/performance.md in one prepared run (device time is short).
 # Each phase streams to $OUT (tee), so a phase stopped by its timeout still returns what it
 # printed; the benchmark prints a line per runner as soon as it is ready and per round.
-# The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section):
-# time the first JAX step alone before running all of this again.
+# The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section),
+# with the CPU malloc settings then applied on GPU too (now CPU-only): the first phase times
+# one small JAX step alone, so a stall shows before the long phases start.
 # Expects, beside the checkout (git-ignored, carried): .whl/ (ml_collections, tensorboardX
 # wheels), .devdata/data.tgz (the course data) and .devdata/ckpt (all-MiniLM-L6-v2 in
 # float16 safetensors + config/vocab/pooling files). Results go to $OUT.
@@ -21,6 +22,10 @@ stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/session.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.txt"
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" | tee -a "$OUT/session.txt"
 
+stamp "probe: first JAX step alone"
+timeout 150 python3 benchmarks/train_step.py --model=minilm --batch=64 --seq=128 \
+  --dtype=bfloat16 --variants=project --skip_torch --warmup=1 --steps=3 --rounds=1 2>&1 \
+  | tee "$OUT/probe.txt" | grep -v -i warn
 stamp "bench bert-base"
 timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
   --dtype=bfloat16 --variants=project,smart_k1,simcse_unsup 2>&1 | tee "$OUT/bench_bert_base.txt" | grep -v -i warn

@@ -46,8 +46,7 @@ import time
 import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)  # configs/
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_step (tune_malloc)
+sys.path.insert(0, _REPO)  # configs/, mtbert_jax
 
 
 def parse_args(argv=None):
@@ -65,8 +64,9 @@ def parse_args(argv=None):
   p.add_argument("--eval_rows", type=int, default=0,
                  help="rows of each dev file for (d); 0 = all (SST 1101, STS 863 pairs)")
   p.add_argument("--skip_loop", action="store_true", help="only (a), (b), (d)")
-  p.add_argument("--tune_malloc", type=int, default=1,
-                 help="1: the glibc malloc settings of docs/performance.md (re-exec)")
+  p.add_argument("--tune_malloc", type=int, default=-1, choices=(-1, 0, 1),
+                 help="the glibc malloc settings of mtbert_jax/runtime.py (re-exec): 1 on, "
+                      "0 off, -1 (default) as launch.py does (on when JAX runs on the CPU)")
   p.add_argument("--workdir", default=None, help="default: a temporary folder")
   return p.parse_args(argv)
 
@@ -104,10 +104,8 @@ def block(tree):
 
 def main(argv=None):
   args = parse_args(argv)
-  malloc_tuned = False
-  if args.tune_malloc:
-    import train_step  # pylint: disable=import-outside-toplevel
-    malloc_tuned = train_step.tune_malloc()
+  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel  (imports no JAX)
+  malloc_tuned = runtime.tune_malloc(None if args.tune_malloc < 0 else bool(args.tune_malloc))
 
   import jax
   cache_dir = tempfile.mkdtemp(prefix="mtbert_loop_xla_cache_")

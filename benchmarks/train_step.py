@@ -63,9 +63,10 @@ import numpy as np
 
 # `configs/` lives at the repository root, beside the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtbert_jax import runtime  # pylint: disable=wrong-import-position  (imports no JAX)
 
 # None of the XLA:CPU flags tried helped measurably (docs/performance.md), so none is set;
-# what matters on CPU is the malloc setting (tune_malloc below).
+# what matters on CPU is the malloc setting (mtbert_jax/runtime.py).
 DEFAULT_XLA_FLAGS = ""
 
 MODEL_SHAPES = {
@@ -118,8 +119,10 @@ def parse_args(argv=None):
   p.add_argument("--peak_tflops", type=float, default=989.0,
                  help="peak for MFU on GPU (989: H100 SXM bf16 dense)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--tune_malloc", type=int, default=1,
-                 help="1: glibc mallopt settings against per-step page faults (tune_malloc)")
+  p.add_argument("--tune_malloc", type=int, default=-1, choices=(-1, 0, 1),
+                 help="glibc malloc settings against per-step page faults on CPU "
+                      "(mtbert_jax/runtime.py): 1 on, 0 off, -1 (default) on when JAX runs "
+                      "on the CPU, off on GPU/TPU machines")
   args = p.parse_args(argv)
   if args.attention_dropout is None:
     args.attention_dropout = args.dropout
@@ -385,30 +388,9 @@ def measure_peak_tflops(jax_mod, jnp_mod, dtype) -> float:
   return 2 * n**3 / t / 1e12
 
 
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-              "MALLOC_TRIM_THRESHOLD_": "17179869184"}
-
-
-def tune_malloc() -> bool:
-  """Re-executes this process under glibc malloc settings that stop per-step page faults.
-
-  Without them every XLA:CPU train step re-faults hundreds of MB (buffers allocated by XLA's
-  worker threads come from per-thread arenas whose heaps grow and shrink every step, and big
-  blocks are mmap-ed and unmapped): ~200k minor page faults and ~0.3 s of system time per
-  minilm step on 2 cores. One arena, no mmap for big blocks and no trimming keep the memory
-  mapped between steps. glibc reads these only at process start, hence the re-exec (a
-  launcher can set them in its shell wrapper instead). Applies to both frameworks here.
-  """
-  if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-    return True
-  os.environ.update(MALLOC_ENV)
-  os.execv(sys.executable, [sys.executable] + sys.argv)
-  return False  # not reached
-
-
 def main(argv=None):
   args = parse_args(argv)
-  malloc_tuned = tune_malloc() if args.tune_malloc else False
+  malloc_tuned = runtime.tune_malloc(None if args.tune_malloc < 0 else bool(args.tune_malloc))
   extra = DEFAULT_XLA_FLAGS if args.xla_flags is None else args.xla_flags
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
   # Only takes effect on GPU: leave PyTorch (same process) its share of the memory.

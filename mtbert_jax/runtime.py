@@ -6,24 +6,54 @@ step, and large blocks are mmap-ed and unmapped (~200k minor page faults and ~0.
 time per MiniLM step on 2 cores). One arena, no mmap for large blocks and no trimming keep
 that memory mapped between steps: the MiniLM step went from ~790 to ~600 ms
 (docs/performance.md). glibc reads these variables only at process start, hence a re-exec.
-Set MTBERT_NO_MALLOC_TUNING=1 to opt out (memory freed by the process is then returned to
-the OS sooner).
+
+The settings are for the CPU backend only. On a machine with an accelerator they are not
+applied: there the step runs on the device, and one malloc arena for the host side (GPU
+compilation and autotuning run many threads; the CUDA libraries load large blocks) is a
+bottleneck, not a help. `MTBERT_MALLOC_TUNING=1` / `0` forces them on / off.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
               "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
+# Device nodes of the accelerators JAX drives: NVIDIA, AMD (ROCm), TPU.
+_ACCELERATOR_NODES = ("/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*",
+                      "/dev/vfio/[0-9]*")
 
-def tune_malloc() -> None:
-  """Re-executes the current command with `MALLOC_ENV` set (Linux only; once)."""
-  if not sys.platform.startswith("linux") or os.environ.get("MTBERT_NO_MALLOC_TUNING"):
-    return
+
+def cpu_only(environ: dict[str, str] | None = None) -> bool:
+  """Whether JAX will run on the CPU: `JAX_PLATFORMS=cpu`, or no accelerator device node."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms == "cpu"
+  return not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES)
+
+
+def wants_malloc_tuning(environ: dict[str, str] | None = None) -> bool:
+  """`MTBERT_MALLOC_TUNING` (1/0) if set, else: Linux and CPU only."""
+  environ = os.environ if environ is None else environ
+  forced = environ.get("MTBERT_MALLOC_TUNING", "").strip()
+  if forced:
+    if forced not in ("0", "1"):
+      raise ValueError(f"MTBERT_MALLOC_TUNING={forced!r}: expected 0 or 1")
+    return forced == "1"
+  return sys.platform.startswith("linux") and cpu_only(environ)
+
+
+def tune_malloc(force: bool | None = None) -> bool:
+  """Re-executes the current command once with `MALLOC_ENV` set, when wanted (`force`, or
+  `wants_malloc_tuning()`). Returns whether the settings are in effect."""
   if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-    return
+    return True
+  if not (wants_malloc_tuning() if force is None else force):
+    return False
   os.environ.update(MALLOC_ENV)
   os.execv(sys.executable, [sys.executable] + sys.argv)
+  return False  # not reached
