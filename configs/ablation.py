@@ -4,13 +4,16 @@
   python -m mtbert_jax.analysis --rows=all --workdir=runs/ablation   # every row + the table
 
 ROW is one of: baseline, prompting, smart, task_weighting, simcse, tweets, full (every
-extension the paper adopted, at once; `configs/full.py` keeps only those that helped here).
+extension the paper adopted, at once; `configs/full.py` keeps only those that helped here),
+and cosine (the cosine STS head alone, without the NLI task: it separates the head's share
+of the simcse row's gain from the NLI SimCSE's; not a row of the paper).
 Every row has the same seed, step budget and batch size (the paper: 1,500 steps of batch 64).
 """
 
 from configs import base
 
-ROWS = ("baseline", "prompting", "smart", "task_weighting", "simcse", "tweets", "full")
+ROWS = ("baseline", "prompting", "smart", "task_weighting", "simcse", "tweets", "full",
+        "cosine")
 
 
 def apply_row(c, row: str):
@@ -23,9 +26,10 @@ def apply_row(c, row: str):
     c.smart.weight = 50.0                     # alpha 7, eps 5e-3, p = inf, on sentiment (3.3)
   if row in ("task_weighting", "full"):
     c.weighting.mode = "loss"                 # loss-following task weights (3.4)
-  if row in ("simcse", "full"):
+  if row in ("simcse", "full", "cosine"):
     c.heads.similarity = "cosine"             # STS head sharing its layer with NLI (3.6)
-    c.train.tasks = ("sst", "para", "sts", "nli")
+  if row in ("simcse", "full"):
+    c.train.tasks = ("sst", "para", "sts", "nli")  # + supervised SimCSE on NLI triplets
   if row in ("tweets", "full"):
     c.data.tweets_weight = 1.0                # TSATC tweets mixed into sentiment (3.5)
   if row == "full":
