@@ -33,21 +33,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging.Filter):
-  """Keeps orbax's and JAX's routine INFO lines out of the run's log (warnings still show)."""
-
-  _NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep)
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or not any(
-        part in record.pathname for part in self._NOISY)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  runtime.quiet_library_logs()
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
     jax.distributed.initialize()

@@ -25,7 +25,12 @@ always timed with them, as the baseline of `time_ratio_vs_plain`):
   nli           supervised SimCSE (task "nli", similarity head "cosine"): anchor, positive
                 and negative encoded in one pass, i.e. 3 encodings per example; its
                 segments are the shared batch and that batch's rows rolled by 1 and by 2
+  remat         the plain step with each encoder layer rematerialised (`model.remat`):
+                activations recomputed in the backward pass instead of kept
   classify      a stand-in written for this benchmark before the project step existed
+Each project variant also reports XLA's temporary-buffer size of its compiled step
+(`memory_analysis()`: the activations kept for the backward pass plus workspace), the
+memory that `remat` trades for time.
 The PyTorch comparison (`ratio`) is always against the JAX baseline (`project` if timed).
 
 PyTorch attention (`--torch_attn`): `auto` is HF's default `sdpa` on GPU (what people run)
@@ -229,6 +234,7 @@ PROJECT_VARIANTS = {
     "smart_k1": {"smart.weight": 50.0, "smart.variant": "adversarial", "smart.num_steps": 1},
     "simcse_unsup": {"simcse.unsup_weight": 1.0},
     "nli": {"train.tasks": ("sst", "nli"), "heads.similarity": "cosine"},
+    "remat": {"model.remat": True},
 }
 # Encoder passes (forward + backward) per example, for FLOPs: "nli" encodes 3 sentences.
 ENCODINGS_PER_EXAMPLE = {"nli": 3}
@@ -262,17 +268,23 @@ def make_project_step(cfg, params, args, variant="project"):
   task = "nli" if variant == "nli" else "sst"
   sc = experiment.step_config(config)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  mt_model = heads.MultitaskModel(cfg, experiment.head_config(config), dtype=dtype)
+  mt_model = heads.MultitaskModel(cfg, experiment.head_config(config), dtype=dtype,
+                                  remat=bool(config.model.remat))
   all_params = heads.init_params(mt_model, jax.random.key(args.seed + 1), params)
   tx = train.make_optimizer(config, all_params)
   sharder = train.Sharder(train.make_mesh())
   state = sharder.replicate(train.init_state(all_params, tx, sc))
-  compiled = train.compile_steps(mt_model, sc, tx, sharder)[task]
+  jitted = train.compile_steps(mt_model, sc, tx, sharder)[task]
   base_rng = jax.random.wrap_key_data(
       sharder.replicate(jax.random.key_data(jax.random.key(args.seed + 2))))
+  executable = []
 
   def step(state, batch):
-    state, metrics = compiled(state, batch, base_rng)
+    if not executable:  # ahead-of-time, for XLA's memory figures of this very executable
+      executable.append(jitted.lower(state, batch, base_rng).compile())
+      mem = executable[0].memory_analysis()
+      step.temp_mb = mem.temp_size_in_bytes / 2**20 if mem is not None else None
+    state, metrics = executable[0](state, batch, base_rng)
     return state, metrics["loss/total"]
 
   def batch_fn(b):
@@ -325,6 +337,7 @@ def bench_jax(cfg, args, batches, variant, params):
     jax.block_until_ready((loss, holder["state"]))
 
   timed(one, args.warmup)
+  one.temp_mb = getattr(step, "temp_mb", None)
   return one, compile_s
 
 
@@ -495,10 +508,15 @@ def main(argv=None):
       variants[k.removeprefix("jax:")] = dict(
           ex_per_s=ex_per_s[k], median_ms=median[k] * 1e3,
           time_ratio_vs_plain=(median[k] / median[base]) if base == "jax:project" else None,
-          encodings_per_example=ENCODINGS_PER_EXAMPLE.get(k.removeprefix("jax:"), 1))
+          encodings_per_example=ENCODINGS_PER_EXAMPLE.get(k.removeprefix("jax:"), 1),
+          xla_temp_mb=getattr(runners[k], "temp_mb", None))
     print("JAX variants, step time relative to the plain project step: " + ", ".join(
         f"{n} {v['time_ratio_vs_plain']:.2f}x" for n, v in variants.items()
         if v["time_ratio_vs_plain"] is not None))
+    print("XLA temporary buffers of each step (activations kept for the backward pass and "
+          "workspace; MB): " + ", ".join(f"{n} {v['xla_temp_mb']:.0f}"
+                                          for n, v in variants.items()
+                                          if v["xla_temp_mb"] is not None))
 
   jax_eps = ex_per_s.get(base) if base else None
   torch_eps = ex_per_s.get("torch_eager")

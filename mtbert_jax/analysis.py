@@ -101,6 +101,8 @@ def run_rows(workdir: str, rows: list[str], steps: int, batch_size: int,
 
 def main(argv):
   del argv
+  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.quiet_library_logs()
   from configs import ablation  # pylint: disable=import-outside-toplevel
   rows = list(ablation.ROWS) if _ROWS.value == "all" else _ROWS.value.split(",")
   for row in rows:

@@ -16,6 +16,7 @@ bottleneck, not a help. `MTBERT_MALLOC_TUNING=1` / `0` forces them on / off.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 
@@ -57,3 +58,19 @@ def tune_malloc(force: bool | None = None) -> bool:
   os.environ.update(MALLOC_ENV)
   os.execv(sys.executable, [sys.executable] + sys.argv)
   return False  # not reached
+
+
+class _QuietLibraries(logging.Filter):
+  """Keeps orbax's and JAX's routine INFO lines out of a run's log (warnings still show)."""
+
+  _NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep)
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Adds the filter to the root logger's handlers (call after absl set them up)."""
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())

@@ -495,6 +495,8 @@ def test_smoke_config_real_checkpoint(data_dir, tmp_path):
                        env=dict(os.environ, PYTHONPATH=REPO))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dev/average" in out.stdout
+  # orbax's routine INFO lines are filtered out of the run's log (runtime.quiet_library_logs)
+  assert "checkpoint_manager.py" not in out.stderr, out.stderr[-3000:]
   with open(os.path.join(tmp_path, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   assert 0.0 <= metrics["dev/sst_acc"] <= 1.0 and metrics["step"] > 0
