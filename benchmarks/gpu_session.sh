@@ -32,6 +32,10 @@ timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq
 stamp "bench minilm"
 timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
   --dtype=bfloat16 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
+stamp "remat cost"
+timeout 150 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
+  --dtype=bfloat16 --variants=project,remat --skip_torch --steps=5 --rounds=1 2>&1 \
+  | tee "$OUT/bench_remat.txt" | grep -v -i warn
 stamp "full config"
 timeout 200 python3 launch.py --config=configs/full.py --workdir=/tmp/full \
   --config.model.checkpoint="$CKPT" --config.model.dtype=bfloat16 \
