@@ -5,10 +5,10 @@
 # The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section),
 # with the CPU malloc settings then applied on GPU too (now CPU-only): the first phase times
 # one small JAX step alone, so a stall shows before the long phases start.
-# Expects, beside the checkout (git-ignored, carried; made by benchmarks/prepare_device_carry.py):
-# .whl/ (ml_collections, tensorboardX
+# Expects, beside the checkout (git-ignored, carried): .whl/ (ml_collections, tensorboardX
 # wheels), .devdata/data.tgz (the course data) and .devdata/ckpt (all-MiniLM-L6-v2 in
-# float16 safetensors + config/vocab/pooling files). Results go to $OUT.
+# float16 safetensors + config/vocab/pooling files), all made by
+# `python benchmarks/prepare_device_carry.py`. Results go to $OUT.
 #   bash benchmarks/gpu_session.sh
 set -u
 export PYTHONUNBUFFERED=1
