@@ -11,8 +11,8 @@ number of hosts), and the state donated.
 
 The loop pulls metrics to the host every `log_every` steps only, evaluates on dev every
 `eval_every` steps (keeping the best checkpoint by the dev average), saves a resumable
-checkpoint every `ckpt_every` steps and on SIGTERM, and resumes from the latest one when
-started again with the same command.
+checkpoint every `ckpt_every` steps and on SIGTERM or Ctrl-C, and resumes from the latest
+one when started again with the same command.
 """
 
 from __future__ import annotations
@@ -536,24 +536,33 @@ def evaluate_and_predict(config, workdir: str, mt_model, params, tok, sharder: S
 
 
 class _Interrupt:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks between steps:
+  it saves a checkpoint and exits. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None  # the signal's name once one arrived
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      log.warning("Ctrl-C: saving a checkpoint after this step, then exiting; press Ctrl-C "
+                  "again to stop at once")
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _to_float(pending: list[dict]) -> list[dict[str, float]]:
@@ -677,9 +686,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           ckpts.save_resume(step, state, resume_meta(step, it_states))
           window_start += time.time() - save_start
         if interrupt.requested and not last:
-          log.warning("SIGTERM: checkpoint saved at step %d; exiting. Run the same command "
-                      "to resume.", step)
-          raise SystemExit(0)
+          log.warning("%s: checkpoint saved at step %d; exiting. Run the same command "
+                      "to resume.", interrupt.requested, step)
+          # SIGTERM (a scheduler's preemption) is a clean exit; Ctrl-C exits as shells expect.
+          raise SystemExit(0 if interrupt.requested == "SIGTERM" else 130)
   finally:
     prefetch.close()
     progress.close()

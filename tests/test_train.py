@@ -405,7 +405,9 @@ def test_prefetcher_surfaces_iterator_errors():
   prefetch.close()
 
 
-def test_sigterm_saves_checkpoint_and_exits_cleanly(tiny_ckpt_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("sig,returncode", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tiny_ckpt_dir, data_dir, tmp_path, sig,
+                                                    returncode):
   workdir = str(tmp_path / "run")
   cmd, env = _launch(workdir, tiny_ckpt_dir, "--config.train.num_steps=100000",
                      "--config.train.ckpt_every=100000", "--config.train.eval_every=100000")
@@ -416,10 +418,10 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tiny_ckpt_dir, data_dir, tmp
   while not os.path.exists(tb) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   time.sleep(3.0)  # let it run some steps
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 0, stderr[-3000:]
-  assert "SIGTERM: checkpoint saved" in stderr
+  assert proc.returncode == returncode, stderr[-3000:]
+  assert f"{sig.name}: checkpoint saved" in stderr
   steps = os.listdir(os.path.join(workdir, "checkpoints"))
   assert len(steps) == 1 and int(steps[0]) > 0
 
