@@ -33,6 +33,12 @@ timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq
 stamp "bench minilm"
 timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
   --dtype=bfloat16 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
+stamp "attention: xla vs cudnn (attention dropout 0)"
+for impl in xla cudnn; do
+  timeout 120 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
+    --dtype=bfloat16 --attention_dropout=0 --attention=$impl --skip_torch --steps=5 \
+    --rounds=1 2>&1 | tee "$OUT/bench_attn_$impl.txt" | grep -v -i warn
+done
 stamp "remat cost"
 timeout 150 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
   --dtype=bfloat16 --variants=project,remat --skip_torch --steps=5 --rounds=1 2>&1 \

@@ -36,7 +36,8 @@ The PyTorch comparison (`ratio`) is always against the JAX baseline (`project` i
 PyTorch attention (`--torch_attn`): `auto` is HF's default `sdpa` on GPU (what people run)
 and `eager` on CPU (the explicit softmax + dropout path that JAX also runs while attention
 dropout is on; docs/performance.md). With `--attention_dropout=0` the JAX model uses
-`jax.nn.dot_product_attention` (cuDNN flash attention on GPU, bf16).
+`jax.nn.dot_product_attention`: XLA's attention by default, cuDNN's fused kernel with
+`--attention=cudnn` (GPU, bf16; the project's `model.attention` setting).
 
 Timing: warm-up steps (compilation included) are excluded; every timed step is synchronised
 (`jax.block_until_ready` on the loss and the new state / `torch.cuda.synchronize` on GPU,
@@ -98,7 +99,9 @@ def parse_args(argv=None):
                  help="hidden and classifier-head dropout, both frameworks")
   p.add_argument("--attention_dropout", type=float, default=None,
                  help="attention-probability dropout, both frameworks (default: --dropout); "
-                      "0 lets JAX use jax.nn.dot_product_attention (cuDNN flash on GPU)")
+                      "0 lets JAX use jax.nn.dot_product_attention (see --attention)")
+  p.add_argument("--attention", choices=["xla", "cudnn"], default="xla",
+                 help="JAX attention without attention dropout: xla, or cudnn (GPU, bf16)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner")
   p.add_argument("--steps", type=int, default=None,
                  help="timed steps per runner per round (default 8 on CPU, 10 on GPU)")
@@ -430,7 +433,8 @@ def main(argv=None):
   else:
     cfg = model_lib.BertConfig(**MODEL_SHAPES[args.model])
   cfg = cfg.replace(hidden_dropout_prob=args.dropout,
-                    attention_probs_dropout_prob=args.attention_dropout)
+                    attention_probs_dropout_prob=args.attention_dropout,
+                    attention_impl=args.attention)
 
   backend = jax.default_backend()
   on_gpu = backend == "gpu"
@@ -525,7 +529,8 @@ def main(argv=None):
                 jax_variant=base.removeprefix("jax:") if base else None,
                 device=device, dtype=args.dtype, batch=args.batch, seq=args.seq,
                 model=args.checkpoint or args.model, dropout=args.dropout,
-                attention_dropout=args.attention_dropout, torch_attn=torch_attn,
+                attention_dropout=args.attention_dropout, attention=args.attention,
+                torch_attn=torch_attn,
                 torch_threads=torch.get_num_threads(), xla_flags=os.environ["XLA_FLAGS"],
                 malloc_tuned=malloc_tuned, matmul_precision=args.matmul_precision,
                 flops_per_step=flops, steps_timed=args.steps * args.rounds,

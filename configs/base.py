@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden_dropout = -1.0     # encoder hidden dropout; < 0 keeps the checkpoint's value
   c.model.attention_dropout = -1.0  # attention-prob dropout; < 0 keeps the checkpoint's value
   c.model.remat = False             # rematerialise each layer in the backward pass (memory)
+  c.model.attention = "xla"         # attention without attention dropout (evaluation, or
+                                    # attention_dropout=0): "xla" | "cudnn" (GPU + bfloat16:
+                                    # cuDNN's fused kernel; JAX does not pick it by itself)
 
   # -- task heads (mtbert_jax/heads.py) -------------------------------------------------------
   c.heads = ml_collections.ConfigDict()

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from mtbert_jax import convert
@@ -157,10 +158,30 @@ def build_model(config, load_weights: bool = True
     overrides["hidden_dropout_prob"] = float(config.model.hidden_dropout)
   if config.model.attention_dropout >= 0:
     overrides["attention_probs_dropout_prob"] = float(config.model.attention_dropout)
+  overrides["attention_impl"] = _attention_impl(config, bert_cfg)
   bert_cfg = bert_cfg.replace(**overrides)
   mt_model = heads_lib.MultitaskModel(bert_cfg, head_config(config), dtype=dtype,
                                       remat=bool(config.model.remat))
   return mt_model, bert_params
+
+
+def _attention_impl(config, bert_cfg) -> str:
+  impl = config.model.get("attention", "xla")  # workdirs of earlier versions lack the field
+  if impl not in convert.model_lib.ATTENTION_IMPLS:
+    raise ConfigError(f"--config.model.attention={impl!r}: expected one of "
+                      f"{list(convert.model_lib.ATTENTION_IMPLS)}")
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ConfigError(f"--config.model.attention=cudnn needs a GPU; JAX runs on "
+                        f"{jax.default_backend()!r} here (use 'xla')")
+    if config.model.dtype != "bfloat16":
+      raise ConfigError(f"--config.model.attention=cudnn needs --config.model.dtype=bfloat16 "
+                        f"(cuDNN's fused attention has no float32 kernel); got "
+                        f"{config.model.dtype!r}")
+    if bert_cfg.head_dim % 8 or bert_cfg.head_dim > 128:
+      raise ConfigError(f"--config.model.attention=cudnn: head size {bert_cfg.head_dim} of "
+                        f"this checkpoint is not a multiple of 8 up to 128 (use 'xla')")
+  return impl
 
 
 def tokenizer(config) -> tokenization.BertTokenizer:

@@ -7,10 +7,14 @@
 `config.json`. `dtype` is the compute dtype (float32 or bfloat16), parameters are stored in
 `param_dtype` (float32); softmax and LayerNorm statistics run in float32 either way.
 
-Attention goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it
-applies, XLA elsewhere) whenever no attention-probability dropout is active. With dropout on
-the attention probabilities (HF BERT's `attention_probs_dropout_prob` during training) it
-runs the explicit softmax path, which is what HF PyTorch computes.
+Attention goes through `jax.nn.dot_product_attention` whenever no attention-probability
+dropout is active: its XLA implementation with the padding mask by default, or cuDNN's
+fused (flash) kernel with `BertConfig.attention_impl="cudnn"` (GPU, bfloat16/float16 only;
+the padding is then passed as per-sequence key lengths, so masks must be right-padded, as
+the tokenizer makes them). JAX's own default (`implementation=None`) is the XLA path, so
+cuDNN has to be asked for. With dropout on the attention probabilities (HF BERT's
+`attention_probs_dropout_prob` during training) the explicit softmax path runs, which is
+what HF PyTorch computes.
 """
 
 from __future__ import annotations
@@ -44,8 +48,14 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
   initializer_range: float = 0.02
+  # How attention runs without attention dropout (a runtime choice, not saved to
+  # config.json): "xla" (any backend and dtype) | "cudnn" (fused kernel; GPU, bf16/fp16).
+  attention_impl: str = "xla"
 
   def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
+                       f"{list(ATTENTION_IMPLS)}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                        f"num_attention_heads={self.num_attention_heads}")
@@ -81,6 +91,7 @@ class BertConfig:
 
   def to_hf_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
+    del d["attention_impl"]
     d.update(model_type="bert", architectures=["BertModel"],
              position_embedding_type="absolute")
     return d
@@ -88,6 +99,8 @@ class BertConfig:
   def replace(self, **kwargs) -> "BertConfig":
     return dataclasses.replace(self, **kwargs)
 
+
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),   # HF "gelu" is the exact erf form
@@ -148,7 +161,10 @@ class BertSelfAttention(nn.Module):
     attn_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]: key positions to attend
     dropout = cfg.attention_probs_dropout_prob
     if deterministic or dropout == 0.0:
-      out = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)  # [B, L, N, D]
+      if cfg.attention_impl == "xla":
+        out = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)  # [B, L, N, D]
+      else:
+        out = fused_attention(q, k, v, mask, cfg.attention_impl)
     else:
       scores = jnp.einsum("bqnd,bknd->bnqk", q, k,
                           preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)
@@ -157,6 +173,14 @@ class BertSelfAttention(nn.Module):
       probs = nn.Dropout(dropout)(probs, deterministic=False).astype(self.dtype)
       out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
     return out.reshape(batch, length, cfg.hidden_size)
+
+
+def fused_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str) -> Array:
+  """`jax.nn.dot_product_attention` with the padding given as key lengths (what cuDNN's
+  fused kernel takes): the number of ones of each row of a right-padded `mask` [B, L]."""
+  lengths = jnp.sum(mask.astype(jnp.int32), axis=-1)  # [B]
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                      implementation=implementation)
 
 
 class BertSelfOutput(nn.Module):

@@ -54,3 +54,15 @@ def test_ablation_row_changes_only_its_extension(row, changed):
   reference = _flat(ablation.get_config("baseline"))
   config = _flat(ablation.get_config(row))
   assert {k for k in config if config[k] != reference[k]} == changed
+
+
+def test_cudnn_attention_is_refused_where_it_cannot_run(default_ckpt_dir):
+  import jax  # pylint: disable=import-outside-toplevel
+  config = base.get_config()
+  config.model.attention = "cudnn"
+  if jax.default_backend() != "gpu":
+    with pytest.raises(experiment.ConfigError, match="model.attention=cudnn needs a GPU"):
+      experiment.build_model(config, load_weights=False)
+  config.model.attention = "flash"
+  with pytest.raises(experiment.ConfigError, match="model.attention='flash'"):
+    experiment.build_model(config, load_weights=False)

@@ -320,3 +320,24 @@ def test_parity_with_hf_bfloat16(parity_setup, kind):
   assert hidden_mean <= 0.0015 * scale
   # The pooler is tanh(dense([CLS])), bounded by 1: the same few-percent budget, absolute.
   assert pooled_diff <= 0.03
+
+
+def test_fused_attention_key_lengths_equal_the_padding_mask(tiny_config):
+  # attention_impl="cudnn" passes the padding as key lengths; on the XLA implementation the
+  # same call must equal the masked attention for right-padded masks (what the tokenizer
+  # makes). Tolerance 1e-6: float32, the same softmax up to summation order.
+  rng = np.random.default_rng(0)
+  b, length, heads, dim = 3, 11, 4, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(b, length, heads, dim)), jnp.float32)
+             for _ in range(3))
+  lengths = np.array([11, 6, 1])
+  mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+  expected = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask, bool)[:, None, None])
+  got = model.fused_attention(q, k, v, jnp.asarray(mask), "xla")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
+
+
+def test_attention_impl_is_checked_and_not_saved(tiny_config):
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    tiny_config.replace(attention_impl="flash")
+  assert "attention_impl" not in tiny_config.replace(attention_impl="cudnn").to_hf_dict()
