@@ -69,12 +69,20 @@ class StepConfig:
   simcse_unsup_weight: float
 
 
+def _tuple_hint(field: str, value: str) -> str:
+  """`--config.f=a,b` reaches a tuple-of-strings field as the one string 'a,b'."""
+  if "," not in str(value):
+    return ""
+  items = ",".join(repr(v.strip()) for v in str(value).split(","))
+  return f" (a tuple of names is written --config.{field}=\"({items})\")"
+
+
 def step_config(config) -> StepConfig:
   tasks = tuple(config.train.tasks)
   for task in tasks:
     if task not in TASKS:
       raise ConfigError(f"--config.train.tasks: unknown task {task!r}; expected some of "
-                        f"{list(TASKS)}")
+                        f"{list(TASKS)}{_tuple_hint('train.tasks', task)}")
   if not tasks:
     raise ConfigError("--config.train.tasks is empty")
   _choice(config, "train.mode", ("finetune", "pretrain"))
@@ -84,7 +92,7 @@ def step_config(config) -> StepConfig:
   for task in config.smart.tasks:
     if task not in EVAL_TASKS:
       raise ConfigError(f"--config.smart.tasks: SMART applies to {list(EVAL_TASKS)}, "
-                        f"not {task!r}")
+                        f"not {task!r}{_tuple_hint('smart.tasks', task)}")
   fixed = {k: float(v) for k, v in config.weighting.fixed.items()}
   missing = [t for t in tasks if t not in fixed]
   if config.weighting.mode == "fixed" and missing:

@@ -439,6 +439,9 @@ def test_config_typo_is_a_clear_error(tmp_path):
 def test_bad_config_values_name_the_field(tiny_ckpt_dir):
   with pytest.raises(experiment.ConfigError, match="train.tasks"):
     experiment.step_config(tiny_run_config(tiny_ckpt_dir, train__tasks=("sst", "qqp")))
+  # `--config.train.tasks=sst,para` arrives as one string: the error shows the tuple syntax
+  with pytest.raises(experiment.ConfigError, match=r"""train.tasks="\('sst','para'\)"""):
+    experiment.step_config(tiny_run_config(tiny_ckpt_dir, train__tasks=("sst,para",)))
   with pytest.raises(experiment.ConfigError, match="model.dtype"):
     experiment.build_model(tiny_run_config(tiny_ckpt_dir, model__dtype="fp16"))
   with pytest.raises(experiment.ConfigError, match="data.max_length"):
