@@ -165,8 +165,7 @@ def main(argv=None):
   state = sharder.replicate(train.init_state(params, tx, sc))
   del params, bert_params
   steps = train.compile_steps(mt_model, sc, tx, sharder)
-  base_rng = sharder.replicate(jax.random.key_data(jax.random.key(config.seed + 1)))
-  base_rng = jax.random.wrap_key_data(base_rng)
+  base_rng = sharder.dropout_key(config.seed + 1, experiment.dropout_rng_impl(config))
   t0 = time.perf_counter()
   seen = set()
   for task, batch in sequence:  # compile every (task, bucket) shape the sequence holds

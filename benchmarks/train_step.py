@@ -27,6 +27,8 @@ always timed with them, as the baseline of `time_ratio_vs_plain`):
                 segments are the shared batch and that batch's rows rolled by 1 and by 2
   remat         the plain step with each encoder layer rematerialised (`model.remat`):
                 activations recomputed in the backward pass instead of kept
+  rbg           the plain step with dropout masks from XLA's RngBitGenerator
+                (`train.rng_impl="rbg"`) instead of threefry
   classify      a stand-in written for this benchmark before the project step existed
 Each project variant also reports XLA's temporary-buffer size of its compiled step
 (`memory_analysis()`: the activations kept for the backward pass plus workspace), the
@@ -100,6 +102,9 @@ def parse_args(argv=None):
   p.add_argument("--attention_dropout", type=float, default=None,
                  help="attention-probability dropout, both frameworks (default: --dropout); "
                       "0 lets JAX use jax.nn.dot_product_attention (see --attention)")
+  p.add_argument("--rng_impl", choices=["threefry2x32", "rbg", "unsafe_rbg"],
+                 default="threefry2x32",
+                 help="PRNG of the project step's dropout masks (train.rng_impl)")
   p.add_argument("--attention", choices=["xla", "cudnn"], default="xla",
                  help="JAX attention without attention dropout: xla, or cudnn (GPU, bf16)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner")
@@ -238,6 +243,7 @@ PROJECT_VARIANTS = {
     "simcse_unsup": {"simcse.unsup_weight": 1.0},
     "nli": {"train.tasks": ("sst", "nli"), "heads.similarity": "cosine"},
     "remat": {"model.remat": True},
+    "rbg": {"train.rng_impl": "rbg"},
 }
 # Encoder passes (forward + backward) per example, for FLOPs: "nli" encodes 3 sentences.
 ENCODINGS_PER_EXAMPLE = {"nli": 3}
@@ -254,6 +260,7 @@ def project_config(args, overrides: dict):
   c.heads.cls_source = "pooler"     # pooler -> dropout -> Dense(5): BertForSequenceClassification
   c.heads.dropout = args.dropout    # HF: classifier_dropout None -> hidden_dropout_prob
   c.train.tasks = ("sst",)
+  c.train.rng_impl = args.rng_impl
   c.optim.lr, c.optim.weight_decay, c.optim.eps = 3e-5, 0.01, 1e-8
   for key, value in overrides.items():
     group, field = key.split(".")
@@ -278,8 +285,7 @@ def make_project_step(cfg, params, args, variant="project"):
   sharder = train.Sharder(train.make_mesh())
   state = sharder.replicate(train.init_state(all_params, tx, sc))
   jitted = train.compile_steps(mt_model, sc, tx, sharder)[task]
-  base_rng = jax.random.wrap_key_data(
-      sharder.replicate(jax.random.key_data(jax.random.key(args.seed + 2))))
+  base_rng = sharder.dropout_key(args.seed + 2, config.train.rng_impl)
   executable = []
 
   def step(state, batch):
@@ -530,6 +536,7 @@ def main(argv=None):
                 device=device, dtype=args.dtype, batch=args.batch, seq=args.seq,
                 model=args.checkpoint or args.model, dropout=args.dropout,
                 attention_dropout=args.attention_dropout, attention=args.attention,
+                rng_impl=args.rng_impl,
                 torch_attn=torch_attn,
                 torch_threads=torch.get_num_threads(), xla_flags=os.environ["XLA_FLAGS"],
                 malloc_tuned=malloc_tuned, matmul_precision=args.matmul_precision,

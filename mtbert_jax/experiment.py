@@ -69,6 +69,14 @@ class StepConfig:
   simcse_unsup_weight: float
 
 
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def dropout_rng_impl(config) -> str:
+  """`train.rng_impl`: the PRNG implementation of the dropout keys."""
+  return _choice(config, "train.rng_impl", RNG_IMPLS)
+
+
 def _tuple_hint(field: str, value: str) -> str:
   """`--config.f=a,b` reaches a tuple-of-strings field as the one string 'a,b'."""
   if "," not in str(value):
@@ -86,6 +94,7 @@ def step_config(config) -> StepConfig:
   if not tasks:
     raise ConfigError("--config.train.tasks is empty")
   _choice(config, "train.mode", ("finetune", "pretrain"))
+  dropout_rng_impl(config)
   _choice(config, "weighting.mode", ("none", "fixed", "loss"))
   _choice(config, "smart.variant", ("random", "adversarial"))
   _choice(config, "smart.norm", ("inf", "l2"))

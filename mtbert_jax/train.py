@@ -317,6 +317,11 @@ class Sharder:
   def replicate(self, tree):
     return jax.device_put(tree, self.replicated)
 
+  def dropout_key(self, seed: int, impl: str = "threefry2x32") -> jax.Array:
+    """The run's base dropout key (each step folds in its step number), replicated."""
+    key = jax.random.key(seed, impl=impl)
+    return jax.random.wrap_key_data(self.replicate(jax.random.key_data(key)), impl=impl)
+
 
 def compile_steps(mt_model: M, sc: experiment.StepConfig, tx, sharder: Sharder
                   ) -> dict[str, Callable]:
@@ -615,8 +620,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   predict_fns = eval_lib.make_predict_fns(mt_model)
   eval_batch = int(config.eval.batch_size)
   sharder.check_batch_size(eval_batch, "eval.batch_size")
-  base_rng = sharder.replicate(jax.random.key_data(jax.random.key(config.seed + 1)))
-  base_rng = jax.random.wrap_key_data(base_rng)
+  base_rng = sharder.dropout_key(config.seed + 1, experiment.dropout_rng_impl(config))
   writer = _Writer(os.path.join(workdir, "tensorboard"))
   progress = _Progress(num_steps, start, bool(config.train.progress))
   log_every = max(int(config.train.log_every), 1)

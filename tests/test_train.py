@@ -168,6 +168,20 @@ def test_extension_steps_finite_and_compile_once_per_shape(tiny_config, override
   del c
 
 
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_dropout_key_impl_is_used_and_steps_are_finite(tiny_config, impl):
+  c, sc, m, params, tx = _step_fixture(tiny_config, {"train__rng_impl": impl}, {})
+  sharder = train.Sharder(train.make_mesh())
+  key = sharder.dropout_key(1, experiment.dropout_rng_impl(c))
+  assert str(jax.random.key_impl(key)).endswith(impl)
+  step = jax.jit(functools.partial(train.train_step, task="sst", mt_model=m, sc=sc, tx=tx))
+  state = train.init_state(params, tx, sc)
+  state, metrics = step(state, _batch("sst", length=12, seed=0), key)
+  assert all(np.isfinite(v) for v in metrics.values())
+  with pytest.raises(experiment.ConfigError, match="train.rng_impl"):
+    experiment.step_config(_step_fixture(tiny_config, {"train__rng_impl": "philox"}, {})[0])
+
+
 def test_pretrain_mode_freezes_encoder(tiny_config):
   c, sc, m, params, tx = _step_fixture(tiny_config, {"train__mode": "pretrain"})
   state = train.init_state(params, tx, sc)
