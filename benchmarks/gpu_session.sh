@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one prepared run (device time is short).
+# Every GPU measurement of docs/performance.md, prepared in two parts (device time is short).
 # Each phase streams to $OUT (tee), so a phase stopped by its timeout still returns what it
 # printed; the benchmark prints a line per runner as soon as it is ready and per round.
 # The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section),
@@ -9,7 +9,13 @@
 # wheels), .devdata/data.tgz (the course data) and .devdata/ckpt (all-MiniLM-L6-v2 in
 # float16 safetensors + config/vocab/pooling files), all made by
 # `python benchmarks/prepare_device_carry.py`. Results go to $OUT.
-#   bash benchmarks/gpu_session.sh
+# One device call may run 600 s at most, so the phases come in two parts; run `core` first
+# and `extra` in a second call if device time is left:
+#   bash benchmarks/gpu_session.sh core     # probe, bert-base and minilm vs PyTorch (~500 s)
+#   bash benchmarks/gpu_session.sh extra    # attention xla/cudnn, remat, configs/full.py
+PART=${1:-core}
+case "$PART" in core|extra) ;; *) echo "usage: $0 core|extra" >&2; exit 2;; esac
+
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
@@ -23,8 +29,9 @@ stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/session.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.txt"
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" | tee -a "$OUT/session.txt"
 
+if [ "$PART" = core ]; then
 stamp "probe: first JAX step alone"
-timeout 150 python3 benchmarks/train_step.py --model=minilm --batch=64 --seq=128 \
+timeout 120 python3 benchmarks/train_step.py --model=minilm --batch=64 --seq=128 \
   --dtype=bfloat16 --variants=project --skip_torch --warmup=1 --steps=3 --rounds=1 2>&1 \
   | tee "$OUT/probe.txt" | grep -v -i warn
 stamp "bench bert-base"
@@ -33,14 +40,17 @@ timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq
 stamp "bench minilm"
 timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
   --dtype=bfloat16 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
+fi
+
+if [ "$PART" = extra ]; then
 stamp "attention: xla vs cudnn (attention dropout 0)"
 for impl in xla cudnn; do
-  timeout 120 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
+  timeout 100 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
     --dtype=bfloat16 --attention_dropout=0 --attention=$impl --skip_torch --steps=5 \
     --rounds=1 2>&1 | tee "$OUT/bench_attn_$impl.txt" | grep -v -i warn
 done
 stamp "remat cost"
-timeout 150 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
+timeout 120 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
   --dtype=bfloat16 --variants=project,remat --skip_torch --steps=5 --rounds=1 2>&1 \
   | tee "$OUT/bench_remat.txt" | grep -v -i warn
 stamp "full config"
@@ -50,6 +60,7 @@ timeout 200 python3 launch.py --config=configs/full.py --workdir=/tmp/full \
   --config.train.progress=false --config.jax_cache_dir= > "$OUT/full.log" 2>&1
 cp /tmp/full/metrics.json "$OUT/full_metrics.json" 2>/dev/null
 cp /tmp/full/train_stats.json "$OUT/full_train_stats.json" 2>/dev/null
-stamp "done"
-tail -n 4 "$OUT"/bench_*.txt
 tail -n 12 "$OUT/full.log"
+fi
+stamp "done: $PART"
+tail -n 4 "$OUT"/bench_*.txt
