@@ -40,6 +40,8 @@ def cpu_only(environ: dict[str, str] | None = None) -> bool:
 def wants_malloc_tuning(environ: dict[str, str] | None = None) -> bool:
   """`MTBERT_MALLOC_TUNING` (1/0) if set, else: Linux and CPU only."""
   environ = os.environ if environ is None else environ
+  if environ.get("MTBERT_NO_MALLOC_TUNING"):  # the opt-out of earlier versions
+    return False
   forced = environ.get("MTBERT_MALLOC_TUNING", "").strip()
   if forced:
     if forced not in ("0", "1"):
