@@ -206,14 +206,22 @@ def tokenizer(config) -> tokenization.BertTokenizer:
 
 
 def data_path(config, field: str) -> str | None:
-  """The configured file of `data.<field>` (absolute), or None when it is not configured."""
+  """The configured file of `data.<field>` (absolute), or None when it is not configured.
+  A configured file that does not exist is an error naming the flag and where it looked."""
   value = config.data[field]
   if not value:
     return None
   if os.path.isabs(value):
-    return value
-  base = config.data.dir or paths.default_data_dir()
-  return os.path.join(base, value)
+    path, where = value, ""
+  else:
+    base = config.data.dir or paths.default_data_dir()
+    path = os.path.join(base, value)
+    where = (f" (relative to --config.data.dir={config.data.dir!r})" if config.data.dir else
+             " (relative paths are read from ../shared/data beside the repository when that "
+             "folder exists, else from data/ in it; set --config.data.dir=/path/to/data)")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config.data.{field}: data file not found: {path}{where}")
+  return path
 
 
 def limit_rows(tokset: data_lib.TokenizedSet, limit: int) -> data_lib.TokenizedSet:

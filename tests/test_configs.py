@@ -66,3 +66,11 @@ def test_cudnn_attention_is_refused_where_it_cannot_run(default_ckpt_dir):
   config.model.attention = "flash"
   with pytest.raises(experiment.ConfigError, match="model.attention='flash'"):
     experiment.build_model(config, load_weights=False)
+
+
+def test_missing_data_file_names_the_flag_and_the_folder(tmp_path):
+  config = quick.get_config()
+  config.data.dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"--config.data.sst_train: .*ids-sst-train.csv "
+                                              r"\(relative to --config.data.dir="):
+    experiment.data_path(config, "sst_train")
