@@ -319,8 +319,7 @@ class Sharder:
 
   def dropout_key(self, seed: int, impl: str = "threefry2x32") -> jax.Array:
     """The run's base dropout key (each step folds in its step number), replicated."""
-    key = jax.random.key(seed, impl=impl)
-    return jax.random.wrap_key_data(self.replicate(jax.random.key_data(key)), impl=impl)
+    return self.replicate(jax.random.key(seed, impl=impl))
 
 
 def compile_steps(mt_model: M, sc: experiment.StepConfig, tx, sharder: Sharder
