@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtbert_jax import dropout as dropout_lib
 from mtbert_jax import model as model_lib
 
 Array = jax.Array
@@ -75,7 +76,7 @@ class MultitaskModel(nn.Module):
   def setup(self):
     self.bert = model_lib.BertModel(self.bert_config, dtype=self.dtype,
                                     param_dtype=self.param_dtype, remat=self.remat)
-    self.head_dropout = nn.Dropout(self.heads.dropout)
+    self.head_dropout = dropout_lib.Dropout(self.heads.dropout)
     dense = lambda n, name: nn.Dense(n, param_dtype=self.param_dtype, name=name,
                                      kernel_init=nn.initializers.normal(0.02))
     self.sentiment_out = dense(self.heads.num_sentiment_classes, "sentiment_out")

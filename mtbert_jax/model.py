@@ -27,6 +27,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from mtbert_jax import dropout as dropout_lib
 
 Array = jax.Array
 DType = Any
@@ -102,17 +105,100 @@ class BertConfig:
 
 ATTENTION_IMPLS = ("xla", "cudnn")
 
+def gelu_erf(x: Array) -> Array:
+  """HF's "gelu", x * (1 + erf(x / sqrt 2)) / 2, in float32 for 16-bit inputs.
+
+  The formula PyTorch uses. `jax.nn.gelu(approximate=False)` computes the same function
+  through erfc, which XLA expands into two polynomial branches, an exp and a division:
+  a few times slower on CPU, for tail accuracy that the rounding to the activation's dtype
+  does not keep anyway.
+  """
+  x32 = x.astype(jnp.float32)
+  return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * np.float32(1 / np.sqrt(2))))).astype(x.dtype)
+
+
 _ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),   # HF "gelu" is the exact erf form
+    "gelu": gelu_erf,   # HF "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }
 
 
+_HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@jax.custom_vjp
+def mixed_dense(x: Array, w: Array, b: Array) -> Array:
+  """x [..., K] @ w [K, N] + b [N] with 16-bit `x` and float32 master weights `w`, `b`.
+
+  Mixed precision as PyTorch autocast computes a linear layer: the kernel rounded to x's
+  dtype, the products summed in float32, the bias added to that sum, the result rounded to
+  x's dtype. The backward pass multiplies 16-bit operands the same way; the weight and bias
+  gradients stay float32 sums (they update float32 weights).
+
+  Why by hand, rather than `nn.Dense(dtype=bfloat16)`: XLA:CPU runs a bf16 matmul on its
+  native kernels (AMX or AVX-512 BF16, through YNNPACK) only when asked for the float32
+  accumulator and when the left operand is contracted along its last axis; otherwise it
+  converts both operands to float32 first, at a sixth of the speed. JAX's own backward
+  breaks both conditions (it multiplies the float32 cotangent, and contracts the rows of
+  the activations for the weight gradient). Here the activations are moved to [K, ...]
+  first, a transpose of three or more axes that XLA does not fold back into the dot, and
+  the bias gradient is a product with ones (a float32 sum of the bf16 cotangent compiles
+  to a slow reduce-window on XLA:CPU).
+  """
+  return _mixed_dense_fwd(x, w, b)[0]
+
+
+def _dot_f32(a: Array, b: Array, contracting: tuple) -> Array:
+  return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _mixed_dense_fwd(x, w, b):
+  w16 = w.astype(x.dtype)
+  y = _dot_f32(x, w16, ((x.ndim - 1,), (0,))) + b.astype(jnp.float32)
+  return y.astype(x.dtype), (x, w16, w, b)  # w and b live on as parameters anyway
+
+
+def _mixed_dense_bwd(res, g):
+  x, w16, w, b = res
+  g = g.astype(x.dtype)
+  dx = _dot_f32(g, w16, ((g.ndim - 1,), (1,))).astype(x.dtype)
+  lead = tuple(range(x.ndim - 1))  # the axes summed over for the weight gradient
+  if x.ndim >= 3:
+    dw = _dot_f32(jnp.moveaxis(x, -1, 0), g, (tuple(a + 1 for a in lead), lead))
+  else:
+    dw = _dot_f32(x, g, (lead, lead))
+  db = _dot_f32(jnp.ones(g.shape[:-1], g.dtype), g, (lead, lead))
+  return dx, dw.astype(w.dtype), db.astype(b.dtype)
+
+
+mixed_dense.defvjp(_mixed_dense_fwd, _mixed_dense_bwd)
+
+
+class Dense(nn.Module):
+  """`nn.Dense` (same parameters `kernel` [in, out] and `bias`), computed by `mixed_dense`
+  when `dtype` is bfloat16 or float16; in float32 exactly what `nn.Dense` computes."""
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    if self.dtype in _HALF_DTYPES:
+      return mixed_dense(x.astype(self.dtype), kernel, bias)
+    x, kernel, bias = (t.astype(self.dtype) for t in (x, kernel, bias))
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y + bias
+
+
 def _dense(cfg: BertConfig, features: int, dtype: DType, param_dtype: DType, name: str):
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.initializers.normal(cfg.initializer_range))
+  return Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+               kernel_init=nn.initializers.normal(cfg.initializer_range))
 
 
 def _layer_norm(cfg: BertConfig, dtype: DType, param_dtype: DType, name: str = "LayerNorm"):
@@ -141,7 +227,7 @@ class BertEmbeddings(nn.Module):
          + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))  # [B, L, H]
     x = _layer_norm(cfg, self.dtype, self.param_dtype)(x)
-    return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return dropout_lib.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -170,7 +256,7 @@ class BertSelfAttention(nn.Module):
                           preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)
       scores = jnp.where(attn_mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)  # [B, N, L, L], float32
-      probs = nn.Dropout(dropout)(probs, deterministic=False).astype(self.dtype)
+      probs = dropout_lib.Dropout(dropout)(probs, deterministic=False).astype(self.dtype)
       out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
     return out.reshape(batch, length, cfg.hidden_size)
 
@@ -193,7 +279,7 @@ class BertSelfOutput(nn.Module):
   def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
     cfg = self.config
     hidden = _dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "dense")(hidden)
-    hidden = nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+    hidden = dropout_lib.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
     return _layer_norm(cfg, self.dtype, self.param_dtype)(hidden + residual)
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtbert_jax import dropout as dropout_lib
 from mtbert_jax import model
 
 
@@ -150,7 +151,7 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   A dropout rate of 0 cannot reach the explicit path (the code then takes the fused one),
   and a tiny rate such as 1e-9 only works because 1 - 1e-9 rounds to 1.0 in float32, an
   accident of the dropout implementation. Instead: keep attention dropout at 0.5 so the
-  explicit path is taken with deterministic=False, and make every `nn.Dropout` the
+  explicit path is taken with deterministic=False, and make every `dropout.Dropout` the
   identity through `nn.intercept_methods`. The interceptor also records the shapes it saw,
   proving that the [B, N, L, L] attention-probability dropout really ran.
   """
@@ -160,7 +161,7 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   seen = []
 
   def dropout_is_identity(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+    if isinstance(context.module, dropout_lib.Dropout) and context.method_name == "__call__":
       seen.append((context.module.rate, args[0].shape))
       return args[0]
     return next_fun(*args, **kwargs)
@@ -194,6 +195,42 @@ def test_bfloat16_compute(tiny):
   print(f"\ntiny config bf16 vs f32: hidden max abs diff {diff:.3g}")
   assert 0 < diff < 0.1
   np.testing.assert_allclose(pooled, ref_pooled, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("x_shape", [(4, 16, 24), (16, 24)])
+def test_mixed_dense_forward_and_gradients(x_shape):
+  """`mixed_dense` against the same arithmetic spelled out in float32: operands rounded to
+  bf16, exact products, float32 sums. Products of two bf16 numbers are exact in float32, so
+  the float32 results (weight and bias gradients) differ only by summation order: 1e-5 of
+  their scale. Results rounded to bf16 (output, input gradient) may land one bf16 step
+  (2^-8 relative, 0.4%) apart when the float32 sums straddle a rounding boundary."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((24, 40)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal(40), jnp.float32)
+  g = jnp.asarray(rng.standard_normal(x_shape[:-1] + (40,)), jnp.bfloat16)
+  f32 = lambda t: np.asarray(t, np.float32)
+  w16 = f32(w.astype(jnp.bfloat16))
+  y, vjp = jax.vjp(model.mixed_dense, x, w, b)
+  dx, dw, db = vjp(g)
+  assert (y.dtype, dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16,
+                                                     jnp.float32, jnp.float32)
+  rows_x, rows_g = f32(x).reshape(-1, 24), f32(g).reshape(-1, 40)
+  one_step = lambda ref: dict(rtol=2**-8, atol=2**-8 * np.abs(ref).max())
+  ref_y = f32(x) @ w16 + f32(b)
+  np.testing.assert_allclose(f32(y), ref_y, **one_step(ref_y))
+  ref_dx = f32(g) @ w16.T
+  np.testing.assert_allclose(f32(dx), ref_dx, **one_step(ref_dx))
+  ref_dw, ref_db = rows_x.T @ rows_g, rows_g.sum(0)
+  np.testing.assert_allclose(dw, ref_dw, rtol=0, atol=1e-5 * np.abs(ref_dw).max())
+  np.testing.assert_allclose(db, ref_db, rtol=0, atol=1e-5 * np.abs(ref_db).max())
+
+
+def test_dense_float32_is_flax_dense():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  ours = model.Dense(6)
+  params = ours.init(jax.random.key(1), x)
+  np.testing.assert_array_equal(ours.apply(params, x), nn.Dense(6).apply(params, x))
 
 
 def test_config_from_dict_checks():

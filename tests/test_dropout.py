@@ -1,0 +1,76 @@
+"""Dropout masks from the unrolled Threefry-2x32 hash (mtbert_jax/dropout.py)."""
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtbert_jax import dropout
+
+
+def test_threefry_matches_jax_hash():
+  """Bit for bit JAX's own Threefry-2x32 (the primitive behind jax.random's default keys)."""
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    key = rng.integers(0, 2**32, size=2, dtype=np.uint32)
+    x = rng.integers(0, 2**32, size=(2, 1000), dtype=np.uint32)
+    ref = jex.random.threefry_2x32(jnp.asarray(key), jnp.asarray(x))
+    ours = jax.jit(dropout.threefry2x32)(key[0], key[1], jnp.asarray(x[0]), jnp.asarray(x[1]))
+    np.testing.assert_array_equal(np.stack(ours), np.asarray(ref))
+
+
+def test_mask_follows_its_definition():
+  """Element i (row-major) keeps iff word i % 2 of hash(key, (i // 2, 0)) >= rate * 2^32."""
+  key = jax.random.key(7)
+  shape, rate = (3, 4, 10), 0.3
+  mask = np.asarray(dropout.keep_mask(key, rate, shape)).reshape(-1)
+  k = np.asarray(jax.random.key_data(key))
+  counters = np.arange(mask.size // 2, dtype=np.uint32)
+  words = np.asarray(jex.random.threefry_2x32(
+      jnp.asarray(k), jnp.asarray(np.stack([counters, np.zeros_like(counters)]))))
+  bits = words.T.reshape(-1)  # element 2c <- word 0 of counter c, element 2c+1 <- word 1
+  np.testing.assert_array_equal(mask, bits >= np.uint32(round(rate * 2**32)))
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (5, 3), (2, 3, 5), (4, 2, 6, 6)])
+def test_mask_shapes_odd_and_even(shape):
+  mask = dropout.keep_mask(jax.random.key(0), 0.5, shape)
+  assert mask.shape == shape and mask.dtype == jnp.bool_
+
+
+def test_keep_rate_and_independence():
+  """Over 2^20 draws the kept fraction is 1 - rate within 5 standard errors (5 * 4.7e-4 for
+  rate 0.1; a wrong threshold such as 0.1 * 2^31 is off by 0.05). The two elements drawn
+  from one hash (words 0 and 1) and neighbouring rows are uncorrelated within 5 standard
+  errors of a correlation (5 / sqrt(n/2) = 0.007)."""
+  rate, shape = 0.1, (1024, 1024)
+  mask = np.asarray(dropout.keep_mask(jax.random.key(3), rate, shape)).astype(np.float64)
+  n = mask.size
+  assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  pairs = mask.reshape(-1, 2)
+  assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 5 / np.sqrt(n / 2)
+  assert abs(np.corrcoef(mask[:-1].ravel(), mask[1:].ravel())[0, 1]) < 5 / np.sqrt(n / 2)
+  # Another key gives another mask, the same key the same one.
+  other = np.asarray(dropout.keep_mask(jax.random.key(4), rate, shape))
+  again = np.asarray(dropout.keep_mask(jax.random.key(3), rate, shape))
+  np.testing.assert_array_equal(again, mask.astype(bool))
+  assert (other != mask.astype(bool)).mean() > 0.1
+
+
+def test_other_prng_implementations_fall_back_to_bernoulli():
+  key = jax.random.key(0, impl="rbg")
+  mask = dropout.keep_mask(key, 0.25, (64, 64))
+  np.testing.assert_array_equal(mask, jax.random.bernoulli(key, 0.75, (64, 64)))
+
+
+def test_module_is_inverted_dropout():
+  x = jnp.arange(1.0, 4097.0).reshape(64, 64)
+  layer = dropout.Dropout(0.25)
+  rngs = {"dropout": jax.random.key(1)}
+  y = layer.apply({}, x, deterministic=False, rngs=rngs)
+  kept = np.asarray(y) != 0
+  np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+  assert 0.7 < kept.mean() < 0.8
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(dropout.Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
