@@ -2,19 +2,19 @@
 
 Why not `flax.linen.Dropout`: its mask comes from `jax.random.bernoulli`, which on CPU
 lowers Threefry as a rolled 5-iteration `while` loop per mask (XLA cannot fuse across the
-loop) and spends one whole 2x32-bit hash per element (the two output words are XOR-ed into
-one). Here the hash is written out round by round in `jnp`, so XLA fuses the whole mask
-(counters, 20 rounds, threshold) into one elementwise kernel, and each hash yields two
-mask bits' worth of 32-bit draws. On the 2-core CPU the 19 dropout masks of the MiniLM
-train step (batch 32, seq 64) take about 21 ms instead of 130 ms (docs/performance.md).
+loop). Here the hash is written out round by round in `jnp`, so XLA fuses the whole mask
+(counters, 20 rounds, threshold) into the elementwise kernel that applies it. On the
+2-core CPU the 19 dropout masks of the MiniLM train step (batch 32, seq 64) alone take
+about 21 ms instead of 130 ms, and applied inside their fusions far less
+(docs/performance.md).
 
 The hash is Random123's Threefry-2x32 with 20 rounds, bit for bit what
 `jax.extend.random.threefry_2x32` computes (tests/test_dropout.py checks this). Element
 `i` of a mask (row-major index) draws word `i % 2` of the hash of counter `i // 2`
 under the mask's key, and is kept when that word is >= round(rate * 2**32): the drop
 probability is `rate` to within 2**-33 (`jax.random.bernoulli` compares a 23-bit uniform).
-The counters follow the array's own axes, so a mask sharded along its leading axes is
-generated where it lives. Keys of other PRNG implementations (`rbg`, `unsafe_rbg`) fall back
+The counters are computed from the array's own axes (iota), so a mask sharded along its
+leading axes is generated where it lives. Keys of other PRNG implementations (`rbg`, `unsafe_rbg`) fall back
 to `jax.random.bernoulli`.
 """
 
@@ -63,21 +63,20 @@ def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   """Boolean mask of `shape`, each entry False with probability `rate` (independently)."""
   if not _is_threefry(key):
     return jax.random.bernoulli(key, 1.0 - rate, shape)
-  out_shape = tuple(shape)
-  shape = out_shape or (1,)
-  half = (shape[-1] + 1) // 2
-  pair_shape = shape[:-1] + (half,)  # one counter per pair of neighbours along the last axis
-  if math.prod(pair_shape) > 2**32:
-    raise ValueError(f"dropout mask of shape {out_shape}: at most 2**33 elements are supported")
-  # The row-major index into pair_shape: element i of an even-length row -> counter i // 2.
-  strides = np.cumprod((1,) + pair_shape[:0:-1])[::-1]
-  counter = sum(jax.lax.broadcasted_iota(jnp.uint32, pair_shape, axis) * np.uint32(stride)
-                for axis, stride in enumerate(strides))
+  shape = tuple(shape)
+  if math.prod(shape) > 2**32:
+    raise ValueError(f"dropout mask of shape {shape}: at most 2**32 elements are supported")
+  # Row-major index i of each element; it draws word i % 2 of the hash of counter i // 2.
+  # Evaluating the hash once per element (twice per counter) and picking the word is
+  # cheaper on CPU than hashing each counter once and interleaving the two words.
+  strides = np.cumprod((1,) + shape[:0:-1])[::-1] if shape else ()
+  index = sum((jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+               for axis, stride in enumerate(strides)), jnp.zeros(shape, jnp.uint32))
   data = jax.random.key_data(key)
-  w1, w2 = threefry2x32(data[0], data[1], counter, jnp.zeros_like(counter))
-  bits = jnp.stack([w1, w2], axis=-1).reshape(shape[:-1] + (2 * half,))[..., :shape[-1]]
+  w1, w2 = threefry2x32(data[0], data[1], index >> np.uint32(1), jnp.zeros_like(index))
+  bits = jnp.where((index & np.uint32(1)) == 0, w1, w2)
   threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
-  return (bits >= threshold).reshape(out_shape)
+  return bits >= threshold
 
 
 class Dropout(nn.Module):

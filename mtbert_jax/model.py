@@ -20,6 +20,7 @@ what HF PyTorch computes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -176,6 +177,54 @@ def _mixed_dense_bwd(res, g):
 mixed_dense.defvjp(_mixed_dense_fwd, _mixed_dense_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_bmm(a: Array, b: Array, transpose_b: bool) -> Array:
+  """Batched matmul of two 16-bit operands over their leading axis, float32 result:
+  a @ b^T for a [G, M, K], b [G, P, K] (attention scores) when `transpose_b`, else a @ b
+  for b [G, K, P] (attention output).
+
+  The attention counterpart of `mixed_dense`, for the same reason: XLA:CPU multiplies
+  16-bit operands on its native kernels only when asked for a float32 result and when the
+  left operand is contracted along its last axis, batch axes leading. The two backward
+  products that contract the rows of both operands (a^T b) split the row axis in two
+  (`_contract_rows`), which keeps XLA from folding the transpose back into the product."""
+  return _bmm_f32(a, b, 2, 2 if transpose_b else 1)
+
+
+def _bmm_f32(a: Array, b: Array, contract_a, contract_b) -> Array:
+  contract_a, contract_b = np.atleast_1d(contract_a), np.atleast_1d(contract_b)
+  return jax.lax.dot_general(a, b, ((tuple(contract_a), tuple(contract_b)), ((0,), (0,))),
+                             preferred_element_type=jnp.float32)
+
+
+def _contract_rows(a: Array, b: Array) -> Array:
+  """sum_i a[g, i, j] * b[g, i, d] -> [G, J, D], float32."""
+  groups, rows, cols = a.shape
+  split = next((f for f in (8, 4, 2, 16) if rows % f == 0 and rows > f), None)
+  if split is None:  # rows without a small factor: the plain (slower) product
+    return _bmm_f32(a, b, 1, 1)
+  a4 = jnp.transpose(a.reshape(groups, split, rows // split, cols), (0, 3, 1, 2))
+  b4 = b.reshape(groups, split, rows // split, b.shape[-1])
+  return _bmm_f32(a4, b4, (2, 3), (1, 2))
+
+
+def _mixed_bmm_fwd(a, b, transpose_b):
+  return mixed_bmm(a, b, transpose_b), (a, b)
+
+
+def _mixed_bmm_bwd(transpose_b, res, g):
+  a, b = res
+  g = g.astype(a.dtype)
+  if transpose_b:  # out[m, p] = sum_k a[m, k] b[p, k]
+    da, db = _bmm_f32(g, b, 2, 1), _contract_rows(g, a)
+  else:            # out[m, p] = sum_k a[m, k] b[k, p]
+    da, db = _bmm_f32(g, b, 2, 2), _contract_rows(a, g)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+mixed_bmm.defvjp(_mixed_bmm_fwd, _mixed_bmm_bwd)
+
+
 class Dense(nn.Module):
   """`nn.Dense` (same parameters `kernel` [in, out] and `bias`), computed by `mixed_dense`
   when `dtype` is bfloat16 or float16; in float32 exactly what `nn.Dense` computes."""
@@ -244,6 +293,7 @@ class BertSelfAttention(nn.Module):
     q = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "value")(x))
+    half = self.dtype in _HALF_DTYPES
     attn_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]: key positions to attend
     dropout = cfg.attention_probs_dropout_prob
     if deterministic or dropout == 0.0:
@@ -252,12 +302,20 @@ class BertSelfAttention(nn.Module):
       else:
         out = fused_attention(q, k, v, mask, cfg.attention_impl)
     else:
-      scores = jnp.einsum("bqnd,bknd->bnqk", q, k,
-                          preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)
-      scores = jnp.where(attn_mask, scores, jnp.finfo(jnp.float32).min)
+      if half:  # one group per (example, head): [B * N, L, D], a copy XLA keeps
+        q, k, v = (jnp.swapaxes(t, 1, 2).reshape(batch * heads, length, head_dim)
+                   for t in (q, k, v))
+        scores = mixed_bmm(q, k, True).reshape(batch, heads, length, length)
+      else:
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+      scores = jnp.where(attn_mask, scores / jnp.sqrt(head_dim), jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)  # [B, N, L, L], float32
       probs = dropout_lib.Dropout(dropout)(probs, deterministic=False).astype(self.dtype)
-      out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+      if half:
+        out = mixed_bmm(probs.reshape(batch * heads, length, length), v, False)
+        out = jnp.swapaxes(out.astype(self.dtype).reshape(batch, heads, length, head_dim), 1, 2)
+      else:
+        out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
     return out.reshape(batch, length, cfg.hidden_size)
 
 

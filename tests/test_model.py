@@ -226,6 +226,31 @@ def test_mixed_dense_forward_and_gradients(x_shape):
   np.testing.assert_allclose(db, ref_db, rtol=0, atol=1e-5 * np.abs(ref_db).max())
 
 
+@pytest.mark.parametrize("transpose_b", [True, False])
+@pytest.mark.parametrize("rows", [16, 13])  # 13: no small factor, the unsplit product
+def test_mixed_bmm_forward_and_gradients(transpose_b, rows):
+  """`mixed_bmm` against float32 arithmetic on the bf16-rounded operands (exact products,
+  float32 sums). The float32 output differs only by summation order (1e-5 of its scale);
+  the gradients, rounded to bf16, may be one bf16 step (2^-8 relative) apart."""
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.standard_normal((6, rows, 8)), jnp.bfloat16)
+  b_shape = (6, 10, 8) if transpose_b else (6, 8, 10)
+  b = jnp.asarray(rng.standard_normal(b_shape), jnp.bfloat16)
+  g = jnp.asarray(rng.standard_normal((6, rows, 10)), jnp.float32)
+  f32 = lambda t: np.asarray(t, np.float32)
+  spec = "gmk,gpk->gmp" if transpose_b else "gmk,gkp->gmp"
+  out, vjp = jax.vjp(lambda a, b: model.mixed_bmm(a, b, transpose_b), a, b)
+  da, db = vjp(g)
+  assert (out.dtype, da.dtype, db.dtype) == (jnp.float32, jnp.bfloat16, jnp.bfloat16)
+  ref = np.einsum(spec, f32(a), f32(b))
+  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+  g16 = f32(jnp.asarray(g, jnp.bfloat16))  # the backward multiplies the bf16 cotangent
+  ref_da, ref_db = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), f32(a), f32(b))[1](g16)
+  for got, want in ((da, ref_da), (db, ref_db)):
+    want = np.asarray(want)
+    np.testing.assert_allclose(f32(got), want, rtol=2**-8, atol=2**-8 * np.abs(want).max())
+
+
 def test_dense_float32_is_flax_dense():
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
   ours = model.Dense(6)
