@@ -251,6 +251,23 @@ def test_mixed_bmm_forward_and_gradients(transpose_b, rows):
     np.testing.assert_allclose(f32(got), want, rtol=2**-8, atol=2**-8 * np.abs(want).max())
 
 
+def test_layer_norm_matches_flax_values_and_gradients():
+  """The closed-form backward against autodiff of flax's LayerNorm, in float32: the same
+  function, so only float32 rounding differs (1e-5 of each result's scale)."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((3, 5, 16)) * 3 + 1, jnp.float32)
+  g = jnp.asarray(rng.standard_normal((3, 5, 16)), jnp.float32)
+  flax_ln = nn.LayerNorm(epsilon=1e-12)
+  params = flax_ln.init(jax.random.key(0), x)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+  scale, bias = params["params"]["scale"], params["params"]["bias"]
+  ours, vjp = jax.vjp(lambda x, s, b: model.layer_norm(x, s, b, 1e-12), x, scale, bias)
+  ref, ref_vjp = jax.vjp(lambda x, s, b: flax_ln.apply({"params": {"scale": s, "bias": b}}, x),
+                         x, scale, bias)
+  for got, want in zip((ours,) + vjp(g), (ref,) + ref_vjp(g)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
 def test_dense_float32_is_flax_dense():
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
   ours = model.Dense(6)
