@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mtbert_jax import dropout as dropout_lib
+from mtbert_jax import layers
 from mtbert_jax import model
 
 
@@ -211,7 +212,7 @@ def test_mixed_dense_forward_and_gradients(x_shape):
   g = jnp.asarray(rng.standard_normal(x_shape[:-1] + (40,)), jnp.bfloat16)
   f32 = lambda t: np.asarray(t, np.float32)
   w16 = f32(w.astype(jnp.bfloat16))
-  y, vjp = jax.vjp(model.mixed_dense, x, w, b)
+  y, vjp = jax.vjp(layers.mixed_dense, x, w, b)
   dx, dw, db = vjp(g)
   assert (y.dtype, dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16,
                                                      jnp.float32, jnp.float32)
@@ -239,7 +240,7 @@ def test_mixed_bmm_forward_and_gradients(transpose_b, rows):
   g = jnp.asarray(rng.standard_normal((6, rows, 10)), jnp.float32)
   f32 = lambda t: np.asarray(t, np.float32)
   spec = "gmk,gpk->gmp" if transpose_b else "gmk,gkp->gmp"
-  out, vjp = jax.vjp(lambda a, b: model.mixed_bmm(a, b, transpose_b), a, b)
+  out, vjp = jax.vjp(lambda a, b: layers.mixed_bmm(a, b, transpose_b), a, b)
   da, db = vjp(g)
   assert (out.dtype, da.dtype, db.dtype) == (jnp.float32, jnp.bfloat16, jnp.bfloat16)
   ref = np.einsum(spec, f32(a), f32(b))
@@ -261,7 +262,7 @@ def test_layer_norm_matches_flax_values_and_gradients():
   params = flax_ln.init(jax.random.key(0), x)
   params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
   scale, bias = params["params"]["scale"], params["params"]["bias"]
-  ours, vjp = jax.vjp(lambda x, s, b: model.layer_norm(x, s, b, 1e-12), x, scale, bias)
+  ours, vjp = jax.vjp(lambda x, s, b: layers.layer_norm(x, s, b, 1e-12), x, scale, bias)
   ref, ref_vjp = jax.vjp(lambda x, s, b: flax_ln.apply({"params": {"scale": s, "bias": b}}, x),
                          x, scale, bias)
   for got, want in zip((ours,) + vjp(g), (ref,) + ref_vjp(g)):
@@ -270,7 +271,7 @@ def test_layer_norm_matches_flax_values_and_gradients():
 
 def test_dense_float32_is_flax_dense():
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
-  ours = model.Dense(6)
+  ours = layers.Dense(6)
   params = ours.init(jax.random.key(1), x)
   np.testing.assert_array_equal(ours.apply(params, x), nn.Dense(6).apply(params, x))
 
