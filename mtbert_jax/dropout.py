@@ -4,9 +4,8 @@ Why not `flax.linen.Dropout`: its mask comes from `jax.random.bernoulli`, which 
 lowers Threefry as a rolled 5-iteration `while` loop per mask (XLA cannot fuse across the
 loop). Here the hash is written out round by round in `jnp`, so XLA fuses the whole mask
 (counters, 20 rounds, threshold) into the elementwise kernel that applies it. On the
-2-core CPU the 19 dropout masks of the MiniLM train step (batch 32, seq 64) alone take
-about 21 ms instead of 130 ms, and applied inside their fusions far less
-(docs/performance.md).
+2-core CPU the 19 dropout masks of the MiniLM train step (batch 32, seq 64), computed on
+their own, take about 21 ms instead of 130 ms (docs/performance.md).
 
 The hash is Random123's Threefry-2x32 with 20 rounds, bit for bit what
 `jax.extend.random.threefry_2x32` computes (tests/test_dropout.py checks this). Element
@@ -14,8 +13,8 @@ The hash is Random123's Threefry-2x32 with 20 rounds, bit for bit what
 under the mask's key, and is kept when that word is >= round(rate * 2**32): the drop
 probability is `rate` to within 2**-33 (`jax.random.bernoulli` compares a 23-bit uniform).
 The counters are computed from the array's own axes (iota), so a mask sharded along its
-leading axes is generated where it lives. Keys of other PRNG implementations (`rbg`, `unsafe_rbg`) fall back
-to `jax.random.bernoulli`.
+leading axes is generated where it lives. Keys of other PRNG implementations (`rbg`,
+`unsafe_rbg`) fall back to `jax.random.bernoulli`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 (embeddings -> last hidden state) and `pool` (dense + tanh over [CLS]); `__call__` chains
 `embed` and `encode`. Sizes come from the frozen `BertConfig`, read from an HF
 `config.json`. `dtype` is the compute dtype (float32 or bfloat16), parameters are stored in
-`param_dtype` (float32); softmax and LayerNorm statistics run in float32 either way.
+`param_dtype` (float32); softmax and LayerNorm statistics run in float32 either way. In
+16-bit compute, matmuls, LayerNorm and GELU come from `layers` (hand-written backward
+passes that keep XLA:CPU on its bf16 kernels) and dropout masks from `dropout`.
 
 Attention goes through `jax.nn.dot_product_attention` whenever no attention-probability
 dropout is active: its XLA implementation with the padding mask by default, or cuDNN's
@@ -14,7 +16,7 @@ the padding is then passed as per-sequence key lengths, so masks must be right-p
 the tokenizer makes them). JAX's own default (`implementation=None`) is the XLA path, so
 cuDNN has to be asked for. With dropout on the attention probabilities (HF BERT's
 `attention_probs_dropout_prob` during training) the explicit softmax path runs, which is
-what HF PyTorch computes.
+what HF PyTorch computes (in 16-bit compute with heads-first [B * N, L, D] operands).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ _ACTIVATIONS = {
 
 def _dense(cfg: BertConfig, features: int, dtype: DType, param_dtype: DType, name: str):
   return layers.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-               kernel_init=nn.initializers.normal(cfg.initializer_range))
+                      kernel_init=nn.initializers.normal(cfg.initializer_range))
 
 
 def _layer_norm(cfg: BertConfig, dtype: DType, param_dtype: DType, name: str = "LayerNorm"):
