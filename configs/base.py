@@ -72,10 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ckpt_every = 500          # steps between resumable checkpoints
   c.train.eval_limit = 0            # periodic evals use the first N dev rows (0 = all)
   c.train.progress = True           # show a progress bar on stderr
-  c.train.rng_impl = "threefry2x32" # PRNG of the dropout masks: "threefry2x32" (JAX's
-                                    # default) | "rbg" (XLA's RngBitGenerator: ~11% faster
-                                    # MiniLM step on CPU, docs/performance.md; other masks,
-                                    # so other numbers than the documented runs) | "unsafe_rbg"
+  c.train.rng_impl = "threefry2x32" # PRNG of the dropout keys: "threefry2x32" (JAX's
+                                    # default; masks from the fused hash of dropout.py) |
+                                    # "rbg" (XLA's RngBitGenerator through bernoulli: other
+                                    # masks, and since the fused hash 9% slower on CPU,
+                                    # docs/performance.md) | "unsafe_rbg"
 
   # -- optimizer ------------------------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

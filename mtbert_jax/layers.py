@@ -42,7 +42,11 @@ def gelu_erf(x: Array) -> Array:
   float32 intermediates, twice the size of a bf16 input).
   """
   x32 = x.astype(jnp.float32)
-  return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * np.float32(1 / np.sqrt(2))))).astype(x.dtype)
+  return (x32 * _normal_cdf(x32)).astype(x.dtype)
+
+
+def _normal_cdf(x32: Array) -> Array:
+  return 0.5 * (1.0 + jax.lax.erf(x32 * np.float32(1 / np.sqrt(2))))
 
 
 def _gelu_erf_fwd(x):
@@ -51,9 +55,8 @@ def _gelu_erf_fwd(x):
 
 def _gelu_erf_bwd(x, g):
   x32 = x.astype(jnp.float32)
-  cdf = 0.5 * (1.0 + jax.lax.erf(x32 * np.float32(1 / np.sqrt(2))))
   pdf = jnp.exp(-0.5 * x32 * x32) * np.float32(1 / np.sqrt(2 * np.pi))
-  return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
+  return ((g.astype(jnp.float32) * (_normal_cdf(x32) + x32 * pdf)).astype(x.dtype),)
 
 
 gelu_erf.defvjp(_gelu_erf_fwd, _gelu_erf_bwd)
@@ -81,15 +84,14 @@ def _dot_f32(a: Array, b: Array, contracting: tuple) -> Array:
 
 
 def _mixed_dense_fwd(x, w, b):
-  w16 = w.astype(x.dtype)
-  y = _dot_f32(x, w16, ((x.ndim - 1,), (0,))) + b.astype(jnp.float32)
-  return y.astype(x.dtype), (x, w16, w, b)  # w and b live on as parameters anyway
+  y = _dot_f32(x, w.astype(x.dtype), ((x.ndim - 1,), (0,))) + b.astype(jnp.float32)
+  return y.astype(x.dtype), (x, w, b)  # w and b live on as parameters anyway
 
 
 def _mixed_dense_bwd(res, g):
-  x, w16, w, b = res
+  x, w, b = res
   g = g.astype(x.dtype)
-  dx = _dot_f32(g, w16, ((g.ndim - 1,), (1,))).astype(x.dtype)
+  dx = _dot_f32(g, w.astype(x.dtype), ((g.ndim - 1,), (1,))).astype(x.dtype)
   lead = tuple(range(x.ndim - 1))  # the axes summed over for the weight gradient
   if x.ndim >= 3:
     dw = _dot_f32(jnp.moveaxis(x, -1, 0), g, (tuple(a + 1 for a in lead), lead))
@@ -111,9 +113,7 @@ def mixed_bmm(a: Array, b: Array, transpose_b: bool) -> Array:
   a @ b^T for a [G, M, K], b [G, P, K] (attention scores) when `transpose_b`, else a @ b
   for b [G, K, P] (attention output).
 
-  The attention counterpart of `mixed_dense`, for the same reason: XLA:CPU multiplies
-  16-bit operands on its native kernels only when asked for a float32 result and when the
-  left operand is contracted along its last axis, batch axes leading. The two backward
+  The attention counterpart of `mixed_dense` (see the module docstring). The two backward
   products that contract the rows of both operands (a^T b) split the row axis in two
   (`_contract_rows`), which keeps XLA from folding the transpose back into the product."""
   return _bmm_f32(a, b, 2, 2 if transpose_b else 1)
