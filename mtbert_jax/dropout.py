@@ -19,7 +19,9 @@ leading axes is generated where it lives. Keys of other PRNG implementations (`r
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -92,3 +94,44 @@ class Dropout(nn.Module):
     keep_prob = 1.0 - self.rate
     keep = keep_mask(self.make_rng(self.rng_collection), self.rate, inputs.shape)
     return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dropout_probs(probs: Array, keep: Array, keep_prob: float, dtype) -> Array:
+  return jax.lax.select(keep, probs / keep_prob, jnp.zeros_like(probs)).astype(dtype)
+
+
+def _dropout_probs_fwd(probs, keep, keep_prob, dtype):
+  out = _dropout_probs(probs, keep, keep_prob, dtype)
+  return out, out
+
+
+def _dropout_probs_bwd(keep_prob, dtype, out, g):
+  del dtype
+  g = g.astype(jnp.float32)
+  return jax.lax.select(out != 0, g / keep_prob, jnp.zeros_like(g)), None
+
+
+_dropout_probs.defvjp(_dropout_probs_fwd, _dropout_probs_bwd)
+
+
+class ProbsDropout(nn.Module):
+  """Dropout of softmax probabilities (attention), the result cast to `dtype`; same masks
+  as `Dropout`. The backward pass takes the mask from the output (nonzero = kept) instead
+  of hashing it again. That gives the same gradient of the softmax's input: where the
+  output is zero but the mask kept the entry, the probability itself is zero (or below
+  ~1e-40 in bfloat16), and the softmax backward multiplies that entry's gradient, and its
+  share of the row sum, by the probability. The output is kept for the next matmul's
+  backward anyway, so the mask costs no memory."""
+  rate: float
+  dtype: Any = jnp.float32
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, probs: Array) -> Array:
+    if self.rate == 0.0:
+      return probs.astype(self.dtype)
+    if self.rate == 1.0:
+      return jnp.zeros(probs.shape, self.dtype)
+    keep = keep_mask(self.make_rng(self.rng_collection), self.rate, probs.shape)
+    return _dropout_probs(probs.astype(jnp.float32), keep, 1.0 - self.rate, self.dtype)

@@ -180,8 +180,8 @@ class BertSelfAttention(nn.Module):
       else:
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
       scores = jnp.where(attn_mask, scores / jnp.sqrt(head_dim), jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1)  # [B, N, L, L], float32
-      probs = dropout_lib.Dropout(dropout)(probs, deterministic=False).astype(self.dtype)
+      probs = layers.softmax(scores)  # [B, N, L, L], float32
+      probs = dropout_lib.ProbsDropout(dropout, self.dtype)(probs)
       if half:
         out = layers.mixed_bmm(probs.reshape(batch * heads, length, length), v, False)
         out = jnp.swapaxes(out.astype(self.dtype).reshape(batch, heads, length, head_dim), 1, 2)

@@ -74,3 +74,41 @@ def test_module_is_inverted_dropout():
   assert 0.7 < kept.mean() < 0.8
   np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
   np.testing.assert_array_equal(dropout.Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_probs_dropout_has_the_gradient_of_masked_dropout(dtype):
+  """ProbsDropout reads its backward mask off its output; the gradient of the softmax
+  input must equal that of `Dropout` with the same mask, also where masked keys give
+  probabilities of exactly zero (kept by the mask, zero in the output). Softmax and
+  products in float32 on both sides, so the results agree to float32 rounding (1e-6)."""
+  rng = np.random.default_rng(0)
+  scores = jnp.asarray(rng.standard_normal((4, 3, 16, 16)) * 3, jnp.float32)
+  visible = jnp.arange(16) < jnp.asarray([16, 9, 12, 5])[:, None]  # key padding per row
+  scores = jnp.where(visible[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  weights = jnp.asarray(rng.standard_normal(scores.shape), jnp.float32)
+  rngs = {"dropout": jax.random.key(5)}
+
+  def loss(s, layer):
+    probs = layer.apply({}, jax.nn.softmax(s, axis=-1), rngs=rngs)
+    return jnp.sum(probs.astype(jnp.float32) * weights)
+
+  def reference(s):
+    probs = dropout.Dropout(0.3).apply({}, jax.nn.softmax(s, axis=-1), deterministic=False,
+                                       rngs=rngs)
+    return jnp.sum(probs.astype(dtype).astype(jnp.float32) * weights)
+
+  layer = dropout.ProbsDropout(0.3, dtype)
+  out = layer.apply({}, jax.nn.softmax(scores, axis=-1), rngs=rngs)
+  ref_out = dropout.Dropout(0.3).apply({}, jax.nn.softmax(scores, axis=-1),
+                                       deterministic=False, rngs=rngs)
+  assert out.dtype == dtype
+  np.testing.assert_array_equal(out, ref_out.astype(dtype))  # same masks, same values
+  mask = np.asarray(dropout.Dropout(0.3).apply({}, jnp.ones(scores.shape), deterministic=False,
+                                               rngs=rngs)) != 0
+  probs = np.asarray(jax.nn.softmax(scores, axis=-1))
+  assert (mask & (probs == 0)).any()  # the case in question: kept, but zero in the output
+  got = jax.grad(loss)(scores, layer)
+  want = jax.grad(reference)(scores)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
+  assert float(np.abs(want).max()) > 0

@@ -153,7 +153,7 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   and a tiny rate such as 1e-9 only works because 1 - 1e-9 rounds to 1.0 in float32, an
   accident of the dropout implementation. Instead: keep attention dropout at 0.5 so the
   explicit path is taken with deterministic=False, and make every `dropout.Dropout` the
-  identity through `nn.intercept_methods`. The interceptor also records the shapes it saw,
+  identity through `nn.intercept_methods` (and `dropout.ProbsDropout`, the attention's). The interceptor also records the shapes it saw,
   proving that the [B, N, L, L] attention-probability dropout really ran.
   """
   cfg, _, params, (ids, mask, types) = tiny
@@ -162,9 +162,14 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   seen = []
 
   def dropout_is_identity(next_fun, args, kwargs, context):
-    if isinstance(context.module, dropout_lib.Dropout) and context.method_name == "__call__":
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    if isinstance(context.module, dropout_lib.Dropout):
       seen.append((context.module.rate, args[0].shape))
       return args[0]
+    if isinstance(context.module, dropout_lib.ProbsDropout):  # the attention probabilities
+      seen.append((context.module.rate, args[0].shape))
+      return args[0].astype(context.module.dtype)
     return next_fun(*args, **kwargs)
 
   fused = bert.apply({"params": params}, ids, mask, types, deterministic=True)
@@ -421,3 +426,18 @@ def test_attention_impl_is_checked_and_not_saved(tiny_config):
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     tiny_config.replace(attention_impl="flash")
   assert "attention_impl" not in tiny_config.replace(attention_impl="cudnn").to_hf_dict()
+
+
+def test_softmax_matches_jax_values_and_gradients():
+  """The closed-form softmax backward against autodiff of `jax.nn.softmax`, with masked
+  (finfo.min) entries as the attention uses them: float32 rounding only (1e-6)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((4, 6, 16)) * 4, jnp.float32)
+  x = x.at[:, :, 11:].set(jnp.finfo(jnp.float32).min)
+  g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  ours, vjp = jax.vjp(layers.softmax, x)
+  ref, ref_vjp = jax.vjp(lambda t: jax.nn.softmax(t, axis=-1), x)
+  np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(vjp(g)[0], ref_vjp(g)[0], rtol=0,
+                             atol=1e-6 * float(np.abs(ref_vjp(g)[0]).max()))
+  assert float(jnp.abs(ours[:, :, 11:]).max()) == 0.0
