@@ -1,15 +1,20 @@
-"""Dropout with masks from an unrolled Threefry-2x32 hash (the same hash as JAX's default PRNG).
+"""Dropout with masks from an unrolled Threefry-2x32 hash (the hash of JAX's default PRNG).
 
 Why not `flax.linen.Dropout`: its mask comes from `jax.random.bernoulli`, which on CPU
 lowers Threefry as a rolled 5-iteration `while` loop per mask (XLA cannot fuse across the
 loop). Here the hash is written out round by round in `jnp`, so XLA fuses the whole mask
-(counters, 20 rounds, threshold) into the elementwise kernel that applies it. On the
+(counters, rounds, threshold) into the elementwise kernel that applies it. On the
 2-core CPU the 19 dropout masks of the MiniLM train step (batch 32, seq 64), computed on
 their own, take about 21 ms instead of 130 ms (docs/performance.md).
 
-The hash is Random123's Threefry-2x32 with 20 rounds, bit for bit what
-`jax.extend.random.threefry_2x32` computes (tests/test_dropout.py checks this). Element
-`i` of a mask (row-major index) draws word `i % 2` of the hash of counter `i // 2`
+The hash is Random123's Threefry-2x32 with `MASK_ROUNDS` = 13 rounds: the fewest that its
+authors found "Crush-resistant" (passing all of TestU01's BigCrush; Salmon et al. 2011,
+"Parallel random numbers: as easy as 1, 2, 3", Table 2); 20, what JAX uses, is their
+default with a safety margin. The hash is most of a mask's cost, and 13 rounds made the
+MiniLM bf16 train step 3% faster (docs/performance.md). `threefry2x32` computes any round
+count; tests/test_dropout.py checks 20 rounds bit for bit against
+`jax.extend.random.threefry_2x32` and 13 and 20 against Random123's known-answer vectors.
+Element `i` of a mask (row-major index) draws word `i % 2` of the hash of counter `i // 2`
 under the mask's key, and is kept when that word is >= round(rate * 2**32): the drop
 probability is `rate` to within 2**-33 (`jax.random.bernoulli` compares a 23-bit uniform).
 The counters are computed from the array's own axes (iota), so a mask sharded along its
@@ -37,20 +42,29 @@ def _rotl(x: Array, r: int) -> Array:
   return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
 
 
-def threefry2x32(key1: Array, key2: Array, x1: Array, x2: Array) -> tuple[Array, Array]:
-  """Threefry-2x32 (20 rounds) of the counter words (x1, x2) under the key (key1, key2).
+MASK_ROUNDS = 13  # Threefry rounds of the dropout masks (module docstring)
 
-  All arguments uint32; the key words are scalars, x1 and x2 arrays of one shape. Unrolled,
-  so that under `jit` the whole hash fuses into its consumer.
+
+def threefry2x32(key1: Array, key2: Array, x1: Array, x2: Array,
+                 rounds: int = 20) -> tuple[Array, Array]:
+  """Threefry-2x32 with `rounds` rounds (Random123's threefry2x32_R; 20 is JAX's hash) of
+  the counter words (x1, x2) under the key (key1, key2).
+
+  All arguments uint32; the key words are scalars, x1 and x2 arrays of one shape. The key
+  is injected after every fourth round. Unrolled, so that under `jit` the whole hash fuses
+  into its consumer.
   """
+  if not 1 <= rounds <= 32:
+    raise ValueError(f"threefry2x32: rounds must be in [1, 32], got {rounds}")
   ks = (key1, key2, key1 ^ key2 ^ np.uint32(0x1BD11BDA))
   x1, x2 = x1 + ks[0], x2 + ks[1]
-  for i in range(5):
-    for r in _ROTATIONS[i % 2]:
-      x1 = x1 + x2
-      x2 = _rotl(x2, r) ^ x1
-    x1 = x1 + ks[(i + 1) % 3]
-    x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  for r in range(rounds):
+    x1 = x1 + x2
+    x2 = _rotl(x2, _ROTATIONS[(r // 4) % 2][r % 4]) ^ x1
+    if r % 4 == 3:  # key injection number (r + 1) // 4
+      i = r // 4
+      x1 = x1 + ks[(i + 1) % 3]
+      x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
   return x1, x2
 
 
@@ -74,7 +88,8 @@ def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   index = sum((jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
                for axis, stride in enumerate(strides)), jnp.zeros(shape, jnp.uint32))
   data = jax.random.key_data(key)
-  w1, w2 = threefry2x32(data[0], data[1], index >> np.uint32(1), jnp.zeros_like(index))
+  w1, w2 = threefry2x32(data[0], data[1], index >> np.uint32(1), jnp.zeros_like(index),
+                        MASK_ROUNDS)
   bits = jnp.where((index & np.uint32(1)) == 0, w1, w2)
   threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
   return bits >= threshold

@@ -20,15 +20,42 @@ def test_threefry_matches_jax_hash():
     np.testing.assert_array_equal(np.stack(ours), np.asarray(ref))
 
 
+# Random123's known-answer vectors (random123/tests/kat_vectors): rounds, counter words,
+# key words, the two output words.
+_KAT = [
+    (13, "00000000 00000000", "00000000 00000000", "9d1c5ec6 8bd50731"),
+    (13, "ffffffff ffffffff", "ffffffff ffffffff", "fd36d048 2d17272c"),
+    (13, "243f6a88 85a308d3", "13198a2e 03707344", "ba3e4725 f27d669e"),
+    (20, "00000000 00000000", "00000000 00000000", "6b200159 99ba4efe"),
+    (20, "243f6a88 85a308d3", "13198a2e 03707344", "c4923a9c 483df7a0"),
+]
+
+
+@pytest.mark.parametrize("rounds,counter,key,expected", _KAT)
+def test_threefry_known_answers(rounds, counter, key, expected):
+  words = lambda s: [np.uint32(int(w, 16)) for w in s.split()]
+  (x1, x2), (k1, k2) = words(counter), words(key)
+  out = jax.jit(dropout.threefry2x32, static_argnums=4)(
+      k1, k2, jnp.asarray([x1]), jnp.asarray([x2]), rounds)
+  assert [int(o[0]) for o in out] == [int(w) for w in words(expected)]
+
+
+def test_threefry_rounds_are_checked():
+  with pytest.raises(ValueError, match="rounds must be in"):
+    dropout.threefry2x32(np.uint32(0), np.uint32(0), jnp.zeros(2, jnp.uint32),
+                         jnp.zeros(2, jnp.uint32), 0)
+
+
 def test_mask_follows_its_definition():
-  """Element i (row-major) keeps iff word i % 2 of hash(key, (i // 2, 0)) >= rate * 2^32."""
+  """Element i (row-major) keeps iff word i % 2 of hash(key, (i // 2, 0)) >= rate * 2^32,
+  the hash being Threefry-2x32 with MASK_ROUNDS rounds."""
   key = jax.random.key(7)
   shape, rate = (3, 4, 10), 0.3
   mask = np.asarray(dropout.keep_mask(key, rate, shape)).reshape(-1)
   k = np.asarray(jax.random.key_data(key))
   counters = np.arange(mask.size // 2, dtype=np.uint32)
-  words = np.asarray(jex.random.threefry_2x32(
-      jnp.asarray(k), jnp.asarray(np.stack([counters, np.zeros_like(counters)]))))
+  words = np.asarray(jax.jit(dropout.threefry2x32, static_argnums=4)(
+      k[0], k[1], jnp.asarray(counters), jnp.zeros_like(counters), dropout.MASK_ROUNDS))
   bits = words.T.reshape(-1)  # element 2c <- word 0 of counter c, element 2c+1 <- word 1
   np.testing.assert_array_equal(mask, bits >= np.uint32(round(rate * 2**32)))
 
