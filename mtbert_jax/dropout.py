@@ -5,7 +5,7 @@ lowers Threefry as a rolled 5-iteration `while` loop per mask (XLA cannot fuse a
 loop). Here the hash is written out round by round in `jnp`, so XLA fuses the whole mask
 (counters, rounds, threshold) into the elementwise kernel that applies it. On the
 2-core CPU the 19 dropout masks of the MiniLM train step (batch 32, seq 64), computed on
-their own, take about 21 ms instead of 130 ms (docs/performance.md).
+their own, took about 21 ms instead of 130 ms with 20 rounds (docs/performance.md).
 
 The hash is Random123's Threefry-2x32 with `MASK_ROUNDS` = 13 rounds: the fewest that its
 authors found "Crush-resistant" (passing all of TestU01's BigCrush; Salmon et al. 2011,
