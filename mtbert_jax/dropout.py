@@ -95,6 +95,11 @@ def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   return bits >= threshold
 
 
+def _apply_mask(x: Array, keep: Array, keep_prob: float) -> Array:
+  """Inverted dropout with a given mask: kept entries scaled by 1 / keep_prob, others 0."""
+  return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 class Dropout(nn.Module):
   """`flax.linen.Dropout` (inverted dropout, same arguments) with `keep_mask` masks."""
   rate: float
@@ -108,12 +113,12 @@ class Dropout(nn.Module):
       return jnp.zeros_like(inputs)
     keep_prob = 1.0 - self.rate
     keep = keep_mask(self.make_rng(self.rng_collection), self.rate, inputs.shape)
-    return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
+    return _apply_mask(inputs, keep, keep_prob)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _dropout_probs(probs: Array, keep: Array, keep_prob: float, dtype) -> Array:
-  return jax.lax.select(keep, probs / keep_prob, jnp.zeros_like(probs)).astype(dtype)
+  return _apply_mask(probs, keep, keep_prob).astype(dtype)
 
 
 def _dropout_probs_fwd(probs, keep, keep_prob, dtype):
@@ -124,7 +129,7 @@ def _dropout_probs_fwd(probs, keep, keep_prob, dtype):
 def _dropout_probs_bwd(keep_prob, dtype, out, g):
   del dtype
   g = g.astype(jnp.float32)
-  return jax.lax.select(out != 0, g / keep_prob, jnp.zeros_like(g)), None
+  return _apply_mask(g, out != 0, keep_prob), None
 
 
 _dropout_probs.defvjp(_dropout_probs_fwd, _dropout_probs_bwd)

@@ -7,7 +7,8 @@
 `config.json`. `dtype` is the compute dtype (float32 or bfloat16), parameters are stored in
 `param_dtype` (float32); softmax and LayerNorm statistics run in float32 either way. In
 16-bit compute, matmuls, LayerNorm and GELU come from `layers` (hand-written backward
-passes that keep XLA:CPU on its bf16 kernels) and dropout masks from `dropout`.
+passes that keep XLA:CPU on its bf16 kernels); the attention softmax comes from `layers`
+in both dtypes, and dropout masks from `dropout`.
 
 Attention goes through `jax.nn.dot_product_attention` whenever no attention-probability
 dropout is active: its XLA implementation with the padding mask by default, or cuDNN's
