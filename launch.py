@@ -38,22 +38,24 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runtime.quiet_library_logs()
   import jax  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import settings  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
     jax.distributed.initialize()
-  config = _CONFIG.value
-  if config.jax_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
+  s = settings.from_dict(_CONFIG.value.to_dict())  # the config crosses into typed settings
+  if s.jax_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from mtbert_jax import train  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import console, evaluate, train
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                jax.process_count())
   workdir = os.path.abspath(_WORKDIR.value)
   if _MODE.value == "train":
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics = train.train_and_evaluate(s, workdir)
   else:
-    metrics = train.evaluate_workdir(workdir, config, write_metrics=_MODE.value == "eval")
+    metrics = evaluate.evaluate_workdir(workdir, s, write_metrics=_MODE.value == "eval")
   if jax.process_index() == 0:
-    print(train.format_table({k: v for k, v in metrics.items() if k != "step"}))
+    print(console.format_table({k: v for k, v in metrics.items() if k != "step"}))
     print(f"best step: {metrics.get('step')}; metrics: {os.path.join(workdir, 'metrics.json')}; "
           f"predictions: {os.path.join(workdir, 'predictions')}")
 

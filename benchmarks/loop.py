@@ -4,7 +4,7 @@ One process, one config (configs/base.py with the overrides below, the embedded 
 unless `--checkpoint`), the course files of `experiment`, and four measurements:
 
   (a) pipeline: the round-robin `data.TrainIterator`s (one per task, seeded as
-      `train.train_and_evaluate` seeds them) plus `train.Sharder` device put and the
+      `train.train_and_evaluate` seeds them) plus `sharding.Sharder` device put and the
       iterator-state snapshot, i.e. the work of the `Prefetcher` thread, alone: batches/s.
   (b) step only: the steps of `train.compile_steps` fed the same sequence of batches,
       already on the device, every (task, bucket) shape compiled before timing; blocked at
@@ -116,10 +116,10 @@ def main(argv=None):
 
   from mtbert_jax import data as data_lib
   from mtbert_jax import evaluate as eval_lib
-  from mtbert_jax import experiment, heads, train
+  from mtbert_jax import experiment, heads, settings, sharding, train
 
-  config = make_config(args)
-  sc = experiment.step_config(config)
+  config = settings.from_dict(make_config(args).to_dict())
+  sc = config.train
   workdir = args.workdir or tempfile.mkdtemp(prefix="mtbert_loop_run_")
   t_all = time.perf_counter()
 
@@ -128,8 +128,8 @@ def main(argv=None):
   tok = experiment.tokenizer(config)
   sources = {task: experiment.train_sources(config, tok, task) for task in sc.tasks}
   tokenize_s = time.perf_counter() - t0
-  mesh = train.make_mesh()
-  sharder = train.Sharder(mesh)
+  mesh = sharding.make_mesh()
+  sharder = sharding.Sharder(mesh)
   local_batch = sharder.check_batch_size(args.batch, "train.batch_size")
 
   def iterators():
@@ -161,11 +161,11 @@ def main(argv=None):
   # -- (b) step only: the compiled project steps on device batches --------------------------
   mt_model, bert_params = experiment.build_model(config)
   params = heads.init_params(mt_model, jax.random.key(config.seed), bert_params)
-  tx = train.make_optimizer(config, params)
-  state = sharder.replicate(train.init_state(params, tx, sc))
+  tx = train.make_optimizer(config, params, mt_model.bert_config.num_hidden_layers)
+  state = sharder.replicate(train.init_state(params, tx, config))
   del params, bert_params
-  steps = train.compile_steps(mt_model, sc, tx, sharder)
-  base_rng = sharder.dropout_key(config.seed + 1, experiment.dropout_rng_impl(config))
+  steps = train.compile_steps(mt_model, config, tx, sharder)
+  base_rng = sharder.dropout_key(config.seed + 1, config.train.rng_impl)
   t0 = time.perf_counter()
   seen = set()
   for task, batch in sequence:  # compile every (task, bucket) shape the sequence holds
@@ -190,10 +190,9 @@ def main(argv=None):
   step_ex_per_s = step_steps_per_s * args.batch
 
   # -- (d) evaluation throughput: evaluate.predict on SST dev and STS dev --------------------
-  eval_config = make_config(args)
-  eval_config.data.dev_limit = args.eval_rows
+  eval_config = config.replace(data={"dev_limit": args.eval_rows})
   predict_fns = eval_lib.make_predict_fns(mt_model)
-  buckets = experiment.eval_buckets(eval_config)
+  buckets = eval_config.eval_buckets
   evals = {}
   for task in ("sst", "sts"):
     tokset = experiment.load_split(eval_config, tok, task, "dev")

@@ -15,6 +15,7 @@ uniform in [seq/2, seq], padded with 0.
   python benchmarks/train_step.py --checkpoint=/path/to/hf_bert_folder
   python benchmarks/train_step.py --model=bert-base --torch_compile
   python benchmarks/train_step.py --variants=project,smart_k1,simcse_unsup --skip_torch
+  python benchmarks/train_step.py --dtype=bfloat16 --variants=xla_cpu,flax  # kernel sets
 
 JAX variants (`--variant` for one, `--variants=a,b,c` for several in one run; `project` is
 always timed with them, as the baseline of `time_ratio_vs_plain`):
@@ -29,7 +30,10 @@ always timed with them, as the baseline of `time_ratio_vs_plain`):
                 activations recomputed in the backward pass instead of kept
   rbg           the plain step with dropout masks from XLA's RngBitGenerator
                 (`train.rng_impl="rbg"`) instead of threefry
-  classify      a stand-in written for this benchmark before the project step existed
+  flax          the plain step with the plain Flax layers (`model.kernels="flax"`: what
+                every backend but the CPU runs by default)
+  xla_cpu       the plain step with the XLA:CPU kernels (`model.kernels="xla_cpu"`: what
+                "auto" picks on the CPU)
 Each project variant also reports XLA's temporary-buffer size of its compiled step
 (`memory_analysis()`: the activations kept for the backward pass plus workspace), the
 memory that `remat` trades for time.
@@ -105,6 +109,9 @@ def parse_args(argv=None):
   p.add_argument("--rng_impl", choices=["threefry2x32", "rbg", "unsafe_rbg"],
                  default="threefry2x32",
                  help="PRNG of the project step's dropout masks (train.rng_impl)")
+  p.add_argument("--kernels", choices=["auto", "flax", "xla_cpu"], default="auto",
+                 help="model.kernels of the project step (auto: xla_cpu on CPU, flax on GPU); "
+                      "variants flax and xla_cpu set it themselves")
   p.add_argument("--attention", choices=["xla", "cudnn"], default="xla",
                  help="JAX attention without attention dropout: xla, or cudnn (GPU, bf16)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner")
@@ -187,52 +194,6 @@ def timed(fn, n: int) -> list[float]:
 # --------------------------------------------------------------------------- JAX
 
 
-def make_classify_step(cfg, params, args):
-  """BertModel -> pooler -> dropout -> Dense(num_labels), softmax CE, optax.adamw; jitted.
-
-  The colleague's stand-in, kept for comparison with the project step (`project`): no
-  weight-decay mask, no finiteness guard, no multitask heads.
-  """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from mtbert_jax import model as model_lib
-
-  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  encoder = model_lib.BertModel(cfg, dtype=dtype)
-  head = nn.Dense(args.num_labels, dtype=dtype, name="classifier")
-  dropout = nn.Dropout(cfg.hidden_dropout_prob)
-  head_params = head.init(jax.random.key(1), jnp.zeros((1, cfg.hidden_size)))["params"]
-  all_params = {"encoder": jax.tree_util.tree_map(jnp.asarray, params),
-                "classifier": head_params}
-  tx = optax.adamw(3e-5, eps=1e-8, weight_decay=0.01)
-  state = {"params": all_params, "opt_state": tx.init(all_params),
-           "step": jnp.zeros((), jnp.int32), "rng": jax.random.key(args.seed)}
-
-  def loss_fn(p, batch, rng):
-    enc_rng, head_rng = jax.random.split(rng)
-    _, pooled = encoder.apply({"params": p["encoder"]}, batch["input_ids"],
-                              batch["attention_mask"], batch["token_type_ids"],
-                              deterministic=False, method=encoder.encode_and_pool,
-                              rngs={"dropout": enc_rng})
-    pooled = dropout.apply({}, pooled, deterministic=False, rngs={"dropout": head_rng})
-    logits = head.apply({"params": p["classifier"]}, pooled).astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-
-  def step(state, batch):
-    rng = jax.random.fold_in(state["rng"], state["step"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), loss
-
-  def batch_fn(b):
-    return {k: jnp.asarray(v) for k, v in b.items()}
-
-  return jax.jit(step, donate_argnums=0), state, batch_fn
-
-
 # Config overrides of each project variant on top of configs/base.py (SMART as in the paper
 # where the brief says so); "nli" trains the supervised SimCSE task instead of "sst".
 PROJECT_VARIANTS = {
@@ -244,6 +205,8 @@ PROJECT_VARIANTS = {
     "nli": {"train.tasks": ("sst", "nli"), "heads.similarity": "cosine"},
     "remat": {"model.remat": True},
     "rbg": {"train.rng_impl": "rbg"},
+    "flax": {"model.kernels": "flax"},        # the plain Flax layers (the GPU default)
+    "xla_cpu": {"model.kernels": "xla_cpu"},  # the XLA:CPU kernels (the CPU default)
 }
 # Encoder passes (forward + backward) per example, for FLOPs: "nli" encodes 3 sentences.
 ENCODINGS_PER_EXAMPLE = {"nli": 3}
@@ -261,6 +224,7 @@ def project_config(args, overrides: dict):
   c.heads.dropout = args.dropout    # HF: classifier_dropout None -> hidden_dropout_prob
   c.train.tasks = ("sst",)
   c.train.rng_impl = args.rng_impl
+  c.model.kernels = args.kernels
   c.optim.lr, c.optim.weight_decay, c.optim.eps = 3e-5, 0.01, 1e-8
   for key, value in overrides.items():
     group, field = key.split(".")
@@ -272,20 +236,19 @@ def make_project_step(cfg, params, args, variant="project"):
   """`train.train_step` (task "sst", or "nli" for that variant) as train.py compiles it."""
   import jax
   import jax.numpy as jnp
-  from mtbert_jax import experiment, heads, train
+  from mtbert_jax import experiment, heads, settings, sharding, train
 
-  config = project_config(args, PROJECT_VARIANTS[variant])
+  s = settings.from_dict(project_config(args, PROJECT_VARIANTS[variant]).to_dict())
   task = "nli" if variant == "nli" else "sst"
-  sc = experiment.step_config(config)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  mt_model = heads.MultitaskModel(cfg, experiment.head_config(config), dtype=dtype,
-                                  remat=bool(config.model.remat))
+  mt_model = heads.MultitaskModel(cfg.replace(kernels=experiment.kernels(s)),
+                                  experiment.head_settings(s), dtype=dtype, remat=s.model.remat)
   all_params = heads.init_params(mt_model, jax.random.key(args.seed + 1), params)
-  tx = train.make_optimizer(config, all_params)
-  sharder = train.Sharder(train.make_mesh())
-  state = sharder.replicate(train.init_state(all_params, tx, sc))
-  jitted = train.compile_steps(mt_model, sc, tx, sharder)[task]
-  base_rng = sharder.dropout_key(args.seed + 2, config.train.rng_impl)
+  tx = train.make_optimizer(s, all_params, cfg.num_hidden_layers)
+  sharder = sharding.Sharder(sharding.make_mesh())
+  state = sharder.replicate(train.init_state(all_params, tx, s))
+  jitted = train.compile_steps(mt_model, s, tx, sharder)[task]
+  base_rng = sharder.dropout_key(args.seed + 2, s.train.rng_impl)
   executable = []
 
   def step(state, batch):
@@ -307,7 +270,7 @@ def make_project_step(cfg, params, args, variant="project"):
   return step, state, batch_fn
 
 
-_JAX_STEPS = {"classify": make_classify_step}
+_JAX_STEPS = {}
 for _name in PROJECT_VARIANTS:
   _JAX_STEPS[_name] = lambda cfg, params, args, _v=_name: make_project_step(cfg, params, args, _v)
 

@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""           # HF BERT folder; "" = embedded all-MiniLM-L6-v2
   c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (weights stay f32)
+  c.model.kernels = "auto"          # layer implementations: "flax" (plain nn.Dense,
+                                    # nn.LayerNorm, nn.Dropout) | "xla_cpu" (mtbert_jax/
+                                    # xla_cpu.py: forms XLA:CPU runs fast, other dropout
+                                    # masks) | "auto": xla_cpu on the CPU backend, else flax
   c.model.hidden_dropout = -1.0     # encoder hidden dropout; < 0 keeps the checkpoint's value
   c.model.attention_dropout = -1.0  # attention-prob dropout; < 0 keeps the checkpoint's value
   c.model.remat = False             # rematerialise each layer in the backward pass (memory)
@@ -25,9 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # -- task heads (mtbert_jax/heads.py) -------------------------------------------------------
   c.heads = ml_collections.ConfigDict()
-  c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper)
+  c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper: relu(logits)^2) |
+                                    # "mlp": hidden layer with squared ReLU, then linear
   c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt": cross-encoder
   c.heads.similarity = "linear"     # "linear" on [u;v;|u-v|;u*v] | "cosine": shared layer, 5*cos
+                                    # | "cross": cross-encoder over the joint pair
   c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)
   c.heads.cls_source = "auto"       # sentence vector: "pooler" output (paper) | "hidden" [CLS]
                                     # state | "mean" of the tokens | "auto": the checkpoint's
@@ -37,18 +43,18 @@ def get_config() -> ml_collections.ConfigDict:
   # -- data (mtbert_jax/data.py); "" = not configured (the split is skipped, with a log) ---------
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""                   # base folder of relative paths; "" = ../shared/data or data/
-  c.data.sst_train = "cs224n/ids-sst-train.csv"
-  c.data.sst_dev = "cs224n/ids-sst-dev.csv"
-  c.data.sst_test = "cs224n/ids-sst-test-student.csv"
-  c.data.para_train = "cs224n/quora-train-partial.csv"
-  c.data.para_dev = "cs224n/quora-dev.csv"
+  c.data.sst_train = "cs224n/ids-sst-train.csv"      # SST-5: id, sentence, sentiment 0..4
+  c.data.sst_dev = "cs224n/ids-sst-dev.csv"          # SST-5 dev (accuracy)
+  c.data.sst_test = "cs224n/ids-sst-test-student.csv"  # unlabeled: predictions only
+  c.data.para_train = "cs224n/quora-train-partial.csv"  # Quora: sentence1/2, is_duplicate
+  c.data.para_dev = "cs224n/quora-dev.csv"           # Quora dev (accuracy)
   c.data.para_test = ""             # the course's quora-test-student.csv, when you have it
-  c.data.sts_train = "cs224n/sts-train.csv"
-  c.data.sts_dev = "cs224n/sts-dev.csv"
-  c.data.sts_test = "cs224n/sts-test-student.csv"
-  c.data.cfimdb_train = "cs224n/ids-cfimdb-train.csv"
-  c.data.tweets = "twitter/tweet-sentiment.csv"
-  c.data.nli = "nli/nli_for_simcse-subset.csv"
+  c.data.sts_train = "cs224n/sts-train.csv"          # STS: sentence1/2, similarity 0..5
+  c.data.sts_dev = "cs224n/sts-dev.csv"              # STS dev (Pearson r)
+  c.data.sts_test = "cs224n/sts-test-student.csv"    # unlabeled: predictions only
+  c.data.cfimdb_train = "cs224n/ids-cfimdb-train.csv"  # binary reviews (cfimdb_weight)
+  c.data.tweets = "twitter/tweet-sentiment.csv"      # tweets as 0/2/4 (tweets_weight)
+  c.data.nli = "nli/nli_for_simcse-subset.csv"       # SimCSE triplets (task "nli")
   c.data.max_length = 128           # tokens per input after truncation (joint pairs included)
   c.data.buckets = (32, 64, 128)    # padded lengths; each batch uses the smallest that fits
   c.data.train_limit = 0            # use only the first N rows of each train file (0 = all)
@@ -62,8 +68,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # -- training (mtbert_jax/train.py) ---------------------------------------------------------
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1500          # optimizer steps; each step trains one task (round robin)
-  c.train.tasks = ("sst", "para", "sts")  # the round-robin order; "nli" adds supervised SimCSE
+  c.train.num_steps = 1500          # optimizer steps; each step trains one task
+  c.train.tasks = ("sst", "para", "sts")  # the tasks (round-robin order); "nli" adds
+                                    # supervised SimCSE on the NLI triplets
+  c.train.sampling = "round_robin"  # which task a step trains: "round_robin" (paper) |
+                                    # "proportional" to training examples | "temperature":
+                                    # p_t ~ n_t^(1/sampling_temperature)
+  c.train.sampling_temperature = 2.0  # "temperature": T (1 = proportional, large = uniform)
   c.train.batch_size = 64           # examples per step (global, over all devices and hosts)
   c.train.mode = "finetune"         # "finetune": all weights | "pretrain": frozen encoder
   c.train.label_smoothing = 0.0     # sentiment cross-entropy label smoothing
@@ -73,25 +84,26 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_limit = 0            # periodic evals use the first N dev rows (0 = all)
   c.train.progress = True           # show a progress bar on stderr
   c.train.rng_impl = "threefry2x32" # PRNG of the dropout keys: "threefry2x32" (JAX's
-                                    # default; masks from the fused hash of dropout.py) |
-                                    # "rbg" (XLA's RngBitGenerator through bernoulli: other
-                                    # masks, and since the fused hash 9% slower on CPU,
-                                    # docs/performance.md) | "unsafe_rbg"
+                                    # default) | "rbg" | "unsafe_rbg" (XLA's RngBitGenerator:
+                                    # other masks; with the xla_cpu kernels slower on CPU)
 
   # -- optimizer ------------------------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-5                 # peak learning rate (paper: constant 3e-5)
   c.optim.schedule = "constant"     # "constant" | "linear" (decay to 0) | "cosine"
   c.optim.warmup_steps = 0          # linear warm-up from 0 to lr
+  c.optim.layer_decay = 1.0         # layer-wise lr decay: encoder layer i of L gets
+                                    # lr * decay^(L - i), embeddings decay^(L + 1); 1 = off
   c.optim.weight_decay = 1e-2       # AdamW decoupled weight decay (not on biases/LayerNorm)
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
+  c.optim.b1 = 0.9                  # AdamW first-moment decay
+  c.optim.b2 = 0.999                # AdamW second-moment decay
+  c.optim.eps = 1e-8                # AdamW epsilon
   c.optim.grad_clip = 0.0           # global-norm clipping; 0 = off
 
   # -- task weighting (paper 3.4) -------------------------------------------------------------
   c.weighting = ml_collections.ConfigDict()
   c.weighting.mode = "none"         # "none" | "fixed" | "loss" (follow recent loss magnitude)
+  # "fixed": the weight of each task's loss
   c.weighting.fixed = ml_collections.ConfigDict(dict(sst=1.0, para=1.0, sts=1.0, nli=1.0))
   c.weighting.ema_decay = 0.9       # "loss": decay of each task's loss moving average
   c.weighting.temperature = 1.0     # "loss": w_t ~ ema_t^(1/temperature), mean 1

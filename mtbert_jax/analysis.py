@@ -72,7 +72,7 @@ def markdown_table(results: dict[str, dict], baseline: str = "baseline") -> str:
 def run_rows(workdir: str, rows: list[str], steps: int, batch_size: int,
              overrides: list[str]) -> dict[str, dict]:
   from configs import ablation  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import train  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import settings, train  # pylint: disable=import-outside-toplevel
   results = {}
   for row in rows:
     row_dir = os.path.join(workdir, row)
@@ -91,7 +91,7 @@ def run_rows(workdir: str, rows: list[str], steps: int, batch_size: int,
     for assignment in overrides:
       _override(config, assignment)
     start = time.time()
-    metrics = train.train_and_evaluate(config, row_dir)
+    metrics = train.train_and_evaluate(settings.from_dict(config.to_dict()), row_dir)
     results[row] = {"metrics": metrics, "steps": steps, "batch_size": batch_size,
                     "seconds": time.time() - start, "overrides": overrides}
     with open(done, "w", encoding="utf-8") as f:

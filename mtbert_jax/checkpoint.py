@@ -6,15 +6,25 @@ far, the config), so the same command resumes exactly where a killed run stopped
 checkpoint holds only the parameters and the dev metrics that made it best. Orbax writes each
 step to a temporary folder and renames it when complete, so a run killed mid-save leaves the
 previous checkpoint intact.
+
+The workdir's other files written by more than one mode live here too, below both the
+training loop and evaluation: `config.json` (the run's settings), atomic JSON writes, and
+restoring the best parameters into the configured model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from mtbert_jax import experiment
+from mtbert_jax import heads as heads_lib
+from mtbert_jax import settings as settings_lib
 
 RESUME_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -86,3 +96,55 @@ class Checkpoints:
   def close(self) -> None:
     self.resume.close()
     self.best.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Workdir files.
+
+CONFIG_FILE = "config.json"
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON to a temporary file, then renames it: no reader sees half a file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def save_settings(workdir: str, s: settings_lib.Settings) -> None:
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, CONFIG_FILE), settings_lib.to_dict(s))
+
+
+def load_settings(workdir: str) -> settings_lib.Settings:
+  """The settings a workdir was trained with (its config.json)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
+  with open(path, encoding="utf-8") as f:
+    try:
+      d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise settings_lib.ConfigError(f"{path}: not valid JSON ({e})") from e
+  try:
+    return settings_lib.from_dict(d)
+  except settings_lib.ConfigError as e:
+    raise settings_lib.ConfigError(f"{path}: {e}") from e
+
+
+def restore_best_params(s: settings_lib.Settings, workdir: str):
+  """(model, best params, tokenizer) of a workdir's best checkpoint."""
+  mt_model, _ = experiment.build_model(s, load_weights=False)
+  tok = experiment.tokenizer(s)
+  like = jax.eval_shape(lambda: heads_lib.init_params(mt_model, jax.random.key(0)))
+  like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), like)
+  ckpts = Checkpoints(workdir)
+  try:
+    params, _ = ckpts.restore_best(like)
+  except ValueError as e:
+    raise ValueError(f"the best checkpoint in {workdir} does not fit the configured model "
+                     f"({e})") from e
+  finally:
+    ckpts.close()
+  return mt_model, params, tok

@@ -1,302 +1,27 @@
-"""Data files to NumPy batches: readers, tokenize-once caching and length-bucketed batching.
+"""Tokenized sets and length-bucketed NumPy batches: what the jitted steps are fed.
 
-Readers parse the course's tab-separated files (and the comma-separated NLI triplets and
-tweets) with the `csv` module, find columns by header name, and fail with a `DataError`
-naming the file and the 1-based line for any malformed row; `on_invalid="skip"` skips such
-rows with a logged warning instead (the real `quora-dev.csv` has two rows with an empty
-label). Each file is tokenized once per process into a `TokenizedSet` (flat token arrays
-with offsets, one per input segment), optionally cached on disk as `.npz`. Batches are
-dicts of int32/float32 NumPy arrays padded to one of a few bucket lengths, so a jitted step
-compiles at most once per bucket: `TrainIterator` is an infinite, seeded, resumable,
-shardable mixture of sets; `eval_batches` is one deterministic pass over every example.
-Nothing here imports JAX.
+Rows from `readers.py` are tokenized once per process into a `TokenizedSet` (flat token
+arrays with offsets, one per input segment). Batches are dicts of int32/float32 NumPy
+arrays padded to one of a few bucket lengths, so a jitted step compiles at most once per
+bucket: `TrainIterator` is an infinite, seeded, resumable, shardable mixture of sets;
+`eval_batches` is one deterministic pass over every example. Nothing here imports JAX.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import itertools
-import logging
-import math
 import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from mtbert_jax.readers import DataError, PairRows, SentenceRows, TripletRows  # noqa: F401
+
 # Segment name -> suffix of its batch keys: "" gives `input_ids`, "1" gives `input_ids_1`.
 SEGMENT_SUFFIX = {"": "", "1": "_1", "2": "_2", "3": "_3"}
 
-TWEET_LABELS = {"negative": 0, "neutral": 2, "positive": 4}
-
-_SIMILARITY_MAX = 5.0
 _MIX_CHUNK = 1024  # Mixture source choices are drawn this many steps at a time.
-
-_LOG = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-  """A data file that does not have the expected format or contents."""
-
-
-# ---------------------------------------------------------------------------------------
-# Rows read from files.
-
-
-@dataclasses.dataclass
-class SentenceRows:
-  """Single sentences with optional integer labels (None for unlabeled test files)."""
-  ids: list[str]
-  texts: list[str]
-  labels: np.ndarray | None  # int32 [N]
-
-  def __len__(self) -> int:
-    return len(self.texts)
-
-
-@dataclasses.dataclass
-class PairRows:
-  """Sentence pairs with optional labels: int32 0/1 (paraphrase) or float32 0..5 (similarity)."""
-  ids: list[str]
-  texts_a: list[str]
-  texts_b: list[str]
-  labels: np.ndarray | None
-
-  def __len__(self) -> int:
-    return len(self.texts_a)
-
-
-@dataclasses.dataclass
-class TripletRows:
-  """NLI triplets: `positive` entails `anchor`, `negative` contradicts it."""
-  anchor: list[str]
-  positive: list[str]
-  negative: list[str]
-
-  def __len__(self) -> int:
-    return len(self.anchor)
-
-
-def _check_on_invalid(on_invalid: str) -> None:
-  if on_invalid not in ("raise", "skip"):
-    raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
-
-
-def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Sequence[str],
-                parse_row: Callable[[dict[str, str], str], Any],
-                on_invalid: str) -> list[Any]:
-  """Parses every data row of a delimited file with a header row.
-
-  Args:
-    path: the file.
-    delimiter: field separator ("\\t" or ",").
-    required: column names the header must contain.
-    optional: column names used when present.
-    parse_row: `(fields by column name, location) -> parsed row`; raises `DataError`.
-    on_invalid: "raise" or "skip" (skipped rows are logged as a warning).
-
-  Returns:
-    The parsed rows in file order.
-  """
-  _check_on_invalid(on_invalid)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data file not found: {path}")
-  sep_name = "tab" if delimiter == "\t" else repr(delimiter)
-  rows, skipped = [], []
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-      raise DataError(f"{path}: line 1: expected a header row, the file is empty")
-    names = [name.strip() for name in header]
-    columns = {}
-    for name in list(required) + list(optional):
-      found = [i for i, n in enumerate(names) if n == name]
-      if len(found) > 1:
-        raise DataError(f"{path}: line 1: column {name!r} appears {len(found)} times in the "
-                        f"header {header}")
-      if found:
-        columns[name] = found[0]
-      elif name in required:
-        raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
-                        f"(expected columns {list(required)}, {sep_name}-separated)")
-    for fields in reader:
-      if not fields:
-        continue  # A blank line holds no row.
-      where = f"{path}: line {reader.line_num}"
-      try:
-        if len(fields) != len(header):
-          raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
-                          f"the header, got {len(fields)}")
-        rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
-      except DataError as e:
-        if on_invalid == "raise":
-          raise DataError(f"{e} (on_invalid='skip' skips such rows with a warning)") from None
-        skipped.append(str(e))
-  if skipped:
-    _LOG.warning("%s: skipped %d invalid row(s) of %d: %s", path, len(skipped),
-                    len(skipped) + len(rows), "; ".join(skipped[:5]))
-  return rows
-
-
-def _text(fields: dict[str, str], name: str, where: str) -> str:
-  """The stripped field `name`, which must not be blank (texts and ids)."""
-  text = fields[name].strip()
-  if not text:
-    raise DataError(f"{where}: column {name!r} is empty, expected a non-empty value")
-  return text
-
-
-def _number(fields: dict[str, str], name: str, where: str) -> float:
-  value = fields[name].strip()
-  try:
-    number = float(value)
-  except ValueError:
-    raise DataError(f"{where}: column {name!r} is {value!r}, expected a number") from None
-  if not math.isfinite(number):
-    raise DataError(f"{where}: column {name!r} is {value!r}, expected a finite number")
-  return number
-
-
-def _class_label(fields: dict[str, str], name: str, where: str, num_classes: int) -> int:
-  number = _number(fields, name, where)
-  if number != int(number) or not 0 <= number < num_classes:
-    raise DataError(f"{where}: column {name!r} is {fields[name].strip()!r}, expected an "
-                    f"integer class in 0..{num_classes - 1}")
-  return int(number)
-
-
-def _labels_or_none(values: list[Any], path: str, dtype: Any) -> np.ndarray | None:
-  """Labels as an array; None when the label column is absent or empty in every row."""
-  if all(v is None for v in values):
-    return None
-  missing = [i for i, v in enumerate(values) if v is None]
-  if missing:  # Cannot happen: a partly empty label column fails row by row.
-    raise DataError(f"{path}: {len(missing)} rows lack a label while others have one")
-  return np.asarray(values, dtype)
-
-
-def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | None = None,
-                   on_invalid: str = "raise") -> SentenceRows:
-  """Reads a course sentiment file (columns `id`, `sentence`, optional `sentiment`).
-
-  Args:
-    path: tab-separated file (SST: 5 classes; CFIMDB: `num_classes=2`).
-    num_classes: labels must be integers in `0..num_classes-1`.
-    label_map: remaps every label (each must be a key), e.g. `{0: 0, 1: 4}` to mix
-      CFIMDB into SST-5.
-    on_invalid: "raise" a `DataError` on a bad row, or "skip" it with a logged warning.
-
-  Returns:
-    `SentenceRows`; `labels` is None when the file has no (or an all-empty) label column.
-  """
-
-  def parse(fields: dict[str, str], where: str) -> tuple[str, str, int | None]:
-    label = None
-    if "sentiment" in fields and (fields["sentiment"].strip() or not all_empty_ok):
-      label = _class_label(fields, "sentiment", where, num_classes)
-      if label_map is not None:
-        if label not in label_map:
-          raise DataError(f"{where}: label {label} is not a key of label_map {label_map}")
-        label = label_map[label]
-    return _text(fields, "id", where), _text(fields, "sentence", where), label
-
-  all_empty_ok = _label_column_all_empty(path, "\t", "sentiment")
-  rows = _read_table(path, "\t", ["id", "sentence"], ["sentiment"], parse, on_invalid)
-  return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
-                      labels=_labels_or_none([r[2] for r in rows], path, np.int32))
-
-
-def read_pairs(path: str, task: str, on_invalid: str = "raise") -> PairRows:
-  """Reads a course pair file (`id`, `sentence1`, `sentence2`, optional label column).
-
-  Args:
-    path: tab-separated file.
-    task: "paraphrase" (label column `is_duplicate`, "0.0"/"1.0", int32) or "similarity"
-      (label column `similarity`, 0..5, float32).
-    on_invalid: "raise" a `DataError` on a bad row, or "skip" it with a logged warning.
-
-  Returns:
-    `PairRows`; `labels` is None when the file has no (or an all-empty) label column.
-  """
-  if task == "paraphrase":
-    label_column = "is_duplicate"
-  elif task == "similarity":
-    label_column = "similarity"
-  else:
-    raise ValueError(f"task must be 'paraphrase' or 'similarity', got {task!r}")
-
-  def parse(fields: dict[str, str], where: str) -> tuple[str, str, str, float | None]:
-    label = None
-    if label_column in fields and (fields[label_column].strip() or not all_empty_ok):
-      if task == "paraphrase":
-        label = _class_label(fields, label_column, where, 2)
-      else:
-        label = _number(fields, label_column, where)
-        if not 0.0 <= label <= _SIMILARITY_MAX:
-          raise DataError(f"{where}: column {label_column!r} is {fields[label_column].strip()!r},"
-                          f" expected a similarity in [0, {_SIMILARITY_MAX:g}]")
-    return (_text(fields, "id", where), _text(fields, "sentence1", where),
-            _text(fields, "sentence2", where), label)
-
-  all_empty_ok = _label_column_all_empty(path, "\t", label_column)
-  rows = _read_table(path, "\t", ["id", "sentence1", "sentence2"], [label_column], parse,
-                        on_invalid)
-  dtype = np.int32 if task == "paraphrase" else np.float32
-  return PairRows(ids=[r[0] for r in rows], texts_a=[r[1] for r in rows],
-                  texts_b=[r[2] for r in rows],
-                  labels=_labels_or_none([r[3] for r in rows], path, dtype))
-
-
-def read_triplets(path: str, on_invalid: str = "raise") -> TripletRows:
-  """Reads the comma-separated SimCSE NLI file (columns `sent0`, `sent1`, `hard_neg`)."""
-
-  def parse(fields: dict[str, str], where: str) -> tuple[str, str, str]:
-    return (_text(fields, "sent0", where), _text(fields, "sent1", where),
-            _text(fields, "hard_neg", where))
-
-  rows = _read_table(path, ",", ["sent0", "sent1", "hard_neg"], [], parse, on_invalid)
-  return TripletRows(anchor=[r[0] for r in rows], positive=[r[1] for r in rows],
-                     negative=[r[2] for r in rows])
-
-
-def read_tweets(path: str, on_invalid: str = "raise") -> SentenceRows:
-  """Reads the comma-separated tweets (`textID`, `text`, `sentiment`): labels 0/2/4."""
-
-  def parse(fields: dict[str, str], where: str) -> tuple[str, str, int]:
-    value = fields["sentiment"].strip().lower()
-    if value not in TWEET_LABELS:
-      raise DataError(f"{where}: column 'sentiment' is {fields['sentiment']!r}, expected one "
-                      f"of {sorted(TWEET_LABELS)}")
-    return _text(fields, "textID", where), _text(fields, "text", where), TWEET_LABELS[value]
-
-  rows = _read_table(path, ",", ["textID", "text", "sentiment"], [], parse, on_invalid)
-  return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
-                      labels=np.asarray([r[2] for r in rows], np.int32))
-
-
-def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:
-  """Whether `name` is a header column that is blank in every row (an unlabeled file).
-
-  A test file may carry an empty label column; it then reads as unlabeled rather than
-  failing on every row. A column that is blank in only some rows is an error per row.
-  """
-  if not os.path.isfile(path):
-    return False
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = [n.strip() for n in next(reader, [])]
-    if name not in header:
-      return False
-    column = header.index(name)
-    seen = False
-    for fields in reader:
-      if fields and len(fields) == len(header):
-        seen = True
-        if fields[column].strip():
-          return False
-    return seen
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,7 +129,7 @@ def tokenize_triplets(rows: TripletRows, tokenizer: Any, max_length: int) -> Tok
 
 
 # ---------------------------------------------------------------------------------------
-# Tokenize once: in-process and optional on-disk cache.
+# Tokenize once per process.
 
 _CACHE: dict[tuple[Any, ...], TokenizedSet] = {}
 
@@ -416,98 +141,34 @@ def clear_cache() -> None:
 
 def _file_key(path: str) -> tuple[str, int, int]:
   path = os.path.abspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data file not found: {path}")
   stat = os.stat(path)
   return path, stat.st_mtime_ns, stat.st_size
 
 
-def _cached(path: str, tokenizer: Any, options: tuple[Any, ...],
-            build: Callable[[], TokenizedSet], cache_dir: str | None) -> TokenizedSet:
-  """`build()` once per (file version, tokenizer, options), in memory and in `cache_dir`."""
+def tokenize_once(path: str, tokenizer: Any, options: tuple[Any, ...],
+                  build: Callable[[], TokenizedSet]) -> TokenizedSet:
+  """`build()` once per (file version, tokenizer vocabulary, `options`) in this process:
+  a run reads its dev files for periodic and final evaluation, the ablation runner the
+  same files for every row."""
   vocab_file = os.path.abspath(getattr(tokenizer, "vocab_file", "") or "")
   vocab_key = _file_key(vocab_file) if os.path.isfile(vocab_file) else (vocab_file, 0, 0)
   key = (_file_key(path), vocab_key, getattr(tokenizer, "model_max_length", None)) + options
-  if key in _CACHE:
-    return _CACHE[key]
-  npz_file = None
-  if cache_dir:
-    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
-    npz_file = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.npz")
-  if npz_file and os.path.isfile(npz_file):
-    tokset = _load_npz(npz_file)
-  else:
-    tokset = build()
-    if npz_file:
-      os.makedirs(cache_dir, exist_ok=True)
-      _save_npz(tokset, npz_file)
-  _CACHE[key] = tokset
-  return tokset
+  if key not in _CACHE:
+    _CACHE[key] = build()
+  return _CACHE[key]
 
 
-def _save_npz(tokset: TokenizedSet, npz_file: str) -> None:
-  arrays = {"lengths": tokset.lengths, "pad_id": np.int64(tokset.pad_id)}
+def limit_rows(tokset: TokenizedSet, limit: int) -> TokenizedSet:
+  """The first `limit` rows of a set (0: all)."""
+  if not limit or limit >= len(tokset):
+    return tokset
+  segments = {}
   for name, seg in tokset.segments.items():
-    arrays[f"seg{name}/input_ids"] = seg.input_ids
-    arrays[f"seg{name}/type_ids"] = seg.type_ids
-    arrays[f"seg{name}/offsets"] = seg.offsets
-  if tokset.labels is not None:
-    arrays["labels"] = tokset.labels
-  if tokset.ids is not None:
-    arrays["ids"] = np.asarray(tokset.ids, dtype=str)
-  tmp_file = f"{npz_file}.tmp{os.getpid()}.npz"
-  np.savez(tmp_file, **arrays)
-  os.replace(tmp_file, npz_file)  # Atomic: readers never see a partial file.
-
-
-def _load_npz(npz_file: str) -> TokenizedSet:
-  with np.load(npz_file, allow_pickle=False) as z:
-    names = sorted({k[3:].split("/")[0] for k in z.files if k.startswith("seg")})
-    segments = {name: Segment(z[f"seg{name}/input_ids"], z[f"seg{name}/type_ids"],
-                              z[f"seg{name}/offsets"]) for name in names}
-    labels = z["labels"] if "labels" in z.files else None
-    ids = z["ids"].tolist() if "ids" in z.files else None
-    return TokenizedSet(segments, labels, ids, z["lengths"], int(z["pad_id"]))
-
-
-def load_and_tokenize_sentiment(path: str, tokenizer: Any, max_length: int, *,
-                                num_classes: int = 5, label_map: dict[int, int] | None = None,
-                                on_invalid: str = "raise",
-                                cache_dir: str | None = None) -> TokenizedSet:
-  """`read_sentiment` then `tokenize_sentences`, cached."""
-  label_items = None if label_map is None else tuple(sorted(label_map.items()))
-  return _cached(path, tokenizer, ("sentiment", num_classes, label_items, on_invalid,
-                                   max_length),
-                 lambda: tokenize_sentences(
-                     read_sentiment(path, num_classes, label_map, on_invalid), tokenizer,
-                     max_length), cache_dir)
-
-
-def load_and_tokenize_pairs(path: str, task: str, tokenizer: Any, max_length: int, *,
-                            joint: bool, prompt: str | None = None, on_invalid: str = "raise",
-                            cache_dir: str | None = None) -> TokenizedSet:
-  """`read_pairs` then `tokenize_pairs`, cached."""
-  return _cached(path, tokenizer, ("pairs", task, on_invalid, max_length, joint, prompt),
-                 lambda: tokenize_pairs(read_pairs(path, task, on_invalid), tokenizer,
-                                        max_length, joint, prompt), cache_dir)
-
-
-def load_and_tokenize_triplets(path: str, tokenizer: Any, max_length: int, *,
-                               on_invalid: str = "raise",
-                               cache_dir: str | None = None) -> TokenizedSet:
-  """`read_triplets` then `tokenize_triplets`, cached."""
-  return _cached(path, tokenizer, ("triplets", on_invalid, max_length),
-                 lambda: tokenize_triplets(read_triplets(path, on_invalid), tokenizer,
-                                           max_length), cache_dir)
-
-
-def load_and_tokenize_tweets(path: str, tokenizer: Any, max_length: int, *,
-                             on_invalid: str = "raise",
-                             cache_dir: str | None = None) -> TokenizedSet:
-  """`read_tweets` then `tokenize_sentences`, cached."""
-  return _cached(path, tokenizer, ("tweets", on_invalid, max_length),
-                 lambda: tokenize_sentences(read_tweets(path, on_invalid), tokenizer,
-                                            max_length), cache_dir)
+    end = int(seg.offsets[limit])
+    segments[name] = Segment(seg.input_ids[:end], seg.type_ids[:end], seg.offsets[:limit + 1])
+  return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[:limit],
+                      None if tokset.ids is None else tokset.ids[:limit],
+                      tokset.lengths[:limit], tokset.pad_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -757,3 +418,38 @@ class TrainIterator:
     for i, stream in enumerate(self._streams):
       stream.restore(int(state[f"epoch_{i}"]), int(state[f"position_{i}"]))
     self.step = int(state["step"])
+
+
+class TaskSchedule:
+  """Which task each step trains, as a function of the step alone (so a resume continues
+  the same sequence).
+
+  "round_robin" (the paper): `tasks[step % T]`. "proportional": each step draws task t
+  with probability n_t / sum(n), n_t its number of training examples; "temperature": with
+  probability n_t^(1/T) / sum(n^(1/T)) (T5's and sentence-transformers' temperature
+  sampling; T = 1 is "proportional", T -> inf uniform). Draws are seeded by (seed, block of
+  `_MIX_CHUNK` steps).
+  """
+
+  def __init__(self, tasks: Sequence[str], sizes: Sequence[int], mode: str = "round_robin",
+               temperature: float = 1.0, seed: int = 0):
+    if mode not in ("round_robin", "proportional", "temperature"):
+      raise ValueError(f"unknown task sampling {mode!r}")
+    if len(sizes) != len(tasks) or any(n <= 0 for n in sizes):
+      raise ValueError(f"need a positive size per task, got {dict(zip(tasks, sizes))}")
+    self.tasks, self.mode, self.seed = tuple(tasks), mode, seed
+    power = 1.0 if mode == "proportional" else 1.0 / temperature
+    weights = np.asarray(sizes, np.float64) ** power
+    self.probabilities = (np.full(len(tasks), 1.0 / len(tasks)) if mode == "round_robin"
+                          else weights / weights.sum())
+    self._chunk, self._draws = -1, np.zeros(0, np.int64)
+
+  def __call__(self, step: int) -> str:
+    if self.mode == "round_robin":
+      return self.tasks[step % len(self.tasks)]
+    chunk = step // _MIX_CHUNK
+    if chunk != self._chunk:
+      rng = np.random.default_rng((self.seed, 2_000_003, chunk))
+      self._draws = rng.choice(len(self.tasks), size=_MIX_CHUNK, p=self.probabilities)
+      self._chunk = chunk
+    return self.tasks[int(self._draws[step % _MIX_CHUNK])]

@@ -1,105 +1,62 @@
 """Dev metrics, prediction files in the course format, and inference from a workdir.
 
-Metrics: SST accuracy, Quora accuracy, STS Pearson correlation, their plain average (the
-paper's headline) and the course leaderboard score (sst + para + (sts + 1) / 2) / 3.
-Prediction files follow the course's `multitask_classifier.py` byte for byte: a header
-`id \\t Predicted_<X> ` and one `id , value ` line per input row. Each file is written to a
-temporary name and renamed when complete, so no partial file looks finished.
+Metrics come from the task table (SST accuracy, Quora accuracy, STS Pearson correlation),
+with their plain average (the paper's headline) and the course leaderboard score
+(`tasks.summarize`). Prediction files follow the course's `multitask_classifier.py` byte
+for byte: a header `id \\t Predicted_<X> ` and one `id , value ` line per input row. Each
+file is written to a temporary name and renamed when complete, so no partial file looks
+finished. `evaluate_and_predict` is what the end of training and `--mode=eval` share;
+`Predictor` is the Python API.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import data as data_lib
 from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
+from mtbert_jax import objective
+from mtbert_jax import sharding
+from mtbert_jax import tasks as tasks_lib
+from mtbert_jax.settings import Settings
 
 log = logging.getLogger(__name__)
 
-M = heads_lib.MultitaskModel
 
-# task -> (file stem, course header column)
-PREDICTION_FILES = {"sst": ("sst", "Predicted_Sentiment"),
-                    "para": ("para", "Predicted_Is_Paraphrase"),
-                    "sts": ("sts", "Predicted_Similiary")}  # sic: the course's spelling
-
-
-def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
-  pred, gold = np.asarray(pred, np.float64), np.asarray(gold, np.float64)
-  if len(pred) < 2 or pred.std() == 0 or gold.std() == 0:
-    return 0.0
-  return float(np.corrcoef(pred, gold)[0, 1])
-
-
-def task_metric(task: str, pred: np.ndarray, gold: np.ndarray) -> float:
-  if task == "sts":
-    return pearson(pred, gold)
-  return float(np.mean(np.asarray(pred) == np.asarray(gold)))
-
-
-METRIC_NAMES = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
-
-
-def summarize(scores: dict[str, float], prefix: str = "dev") -> dict[str, float]:
-  """Per-task metrics plus the average and the leaderboard score when all three are there."""
-  out = {f"{prefix}/{METRIC_NAMES[t]}": v for t, v in scores.items()}
-  if all(t in scores for t in METRIC_NAMES):
-    out[f"{prefix}/average"] = (scores["sst"] + scores["para"] + scores["sts"]) / 3
-    out[f"{prefix}/leaderboard"] = (scores["sst"] + scores["para"]
-                                    + (scores["sts"] + 1) / 2) / 3
-  return out
+def make_output_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
+  """Jitted `fn(params, batch) -> task output [B]` per evaluated task, dropout off."""
+  def output_fn(task: tasks_lib.Task):
+    def fn(params, batch):
+      inputs = objective.stack_segments(batch, task.segments(mt_model.heads))
+      vectors = mt_model.apply({"params": params}, inputs["input_ids"],
+                               inputs["attention_mask"], inputs["token_type_ids"], True,
+                               method=heads_lib.MultitaskModel.vector)
+      return objective.head(mt_model, params, task, vectors, None)
+    return jax.jit(fn)
+  return {name: output_fn(tasks_lib.get(name)) for name in tasks_lib.EVAL_TASKS}
 
 
 def make_predict_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
   """Jitted `fn(params, batch) -> predictions [B]` per task: class id, 0/1, or 0-5 score."""
-  joint_para = mt_model.heads.paraphrase == "prompt"
-
-  def vec(params, batch, suffix=""):
-    return mt_model.apply({"params": params}, batch[f"input_ids{suffix}"],
-                          batch[f"attention_mask{suffix}"], batch[f"token_type_ids{suffix}"],
-                          True, method=M.vector)
-
-  def pair_vectors(params, batch):
-    both = {k: jnp.concatenate([batch[f"{k}_1"], batch[f"{k}_2"]])
-            for k in ("input_ids", "attention_mask", "token_type_ids")}
-    v = vec(params, both)
-    return jnp.split(v, 2)
-
-  def sst(params, batch):
-    logits = mt_model.apply({"params": params}, vec(params, batch), True,
-                            method=M.sentiment_logits)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-  def para(params, batch):
-    if joint_para:
-      logit = mt_model.apply({"params": params}, vec(params, batch), None, True,
-                             method=M.paraphrase_logit)
-    else:
-      u, v = pair_vectors(params, batch)
-      logit = mt_model.apply({"params": params}, u, v, True, method=M.paraphrase_logit)
-    return (logit > 0).astype(jnp.int32)  # sigmoid(logit) > 0.5
-
-  def sts(params, batch):
-    u, v = pair_vectors(params, batch)
-    return mt_model.apply({"params": params}, u, v, True, method=M.similarity_score)
-
-  return {"sst": jax.jit(sst), "para": jax.jit(para), "sts": jax.jit(sts)}
+  def predict_fn(task: tasks_lib.Task, out_fn):
+    return jax.jit(lambda params, batch: task.predict(out_fn(params, batch)))
+  return {name: predict_fn(tasks_lib.get(name), fn)
+          for name, fn in make_output_fns(mt_model).items()}
 
 
 def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, batch_size: int,
             buckets: Sequence[int], sharder: Any = None) -> np.ndarray:
   """Predictions for every row of `tokset`, in file order.
 
-  `batch_size` is global; with a `train.Sharder` each host feeds its slice of every batch
-  to the mesh and every host gets all predictions back.
+  `batch_size` is global; with a `sharding.Sharder` each host feeds its slice of every
+  batch to the mesh and every host gets all predictions back.
   """
   out = None
   for batch in data_lib.eval_batches(tokset, batch_size, buckets):
@@ -111,35 +68,22 @@ def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, ba
     else:
       pred = sharder.gather(predict_fn(params, sharder.put_global(batch)))
     if out is None:
-      out = np.zeros(len(tokset), pred.dtype)
+      out = np.zeros((len(tokset),) + pred.shape[1:], pred.dtype)
     keep = index >= 0
     out[index[keep]] = pred[keep]
   return out if out is not None else np.zeros(0)
-
-
-def format_value(task: str, value: Any) -> str:
-  if task == "sts":
-    return repr(float(value))
-  return str(int(value))
 
 
 def write_predictions(path: str, task: str, ids: Sequence[str], values: np.ndarray) -> None:
   """One course-format prediction file, written atomically."""
   if len(ids) != len(values):
     raise ValueError(f"{path}: {len(values)} predictions for {len(ids)} ids")
-  header = PREDICTION_FILES[task][1]
-  tmp = path + ".tmp"
+  spec = tasks_lib.get(task)
+  tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.write(f"id \t {header} \n")
+    f.write(f"id \t {spec.prediction_header} \n")
     for example_id, value in zip(ids, values):
-      f.write(f"{example_id} , {format_value(task, value)} \n")
-  os.replace(tmp, path)
-
-
-def write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+      f.write(f"{example_id} , {spec.format_value(value)} \n")
   os.replace(tmp, path)
 
 
@@ -154,8 +98,12 @@ def evaluate_split(predict_fns: dict[str, Callable], params: Any,
       continue
     preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, sharder)
     if tokset.labels is not None:
-      scores[task] = task_metric(task, preds[task], tokset.labels)
+      scores[task] = tasks_lib.get(task).score(preds[task], tokset.labels)
   return scores, preds
+
+
+def prediction_path(pred_dir: str, task: str, split: str) -> str:
+  return os.path.join(pred_dir, f"{tasks_lib.get(task).prediction_file}-{split}-output.csv")
 
 
 def write_split_predictions(pred_dir: str, split: str,
@@ -164,16 +112,61 @@ def write_split_predictions(pred_dir: str, split: str,
   """Writes `<task>-<split>-output.csv` for each configured set; logs the skipped ones."""
   os.makedirs(pred_dir, exist_ok=True)
   written = []
-  for task, (stem, _) in PREDICTION_FILES.items():
-    tokset = sets.get(task)
-    if tokset is None:
-      log.info("no %s file configured for %s: %s-%s-output.csv not written", split, task,
-               stem, split)
+  for task in tasks_lib.EVAL_TASKS:
+    path = prediction_path(pred_dir, task, split)
+    if sets.get(task) is None:
+      log.info("no %s file configured for %s: %s not written", split, task,
+               os.path.basename(path))
       continue
-    path = os.path.join(pred_dir, f"{stem}-{split}-output.csv")
-    write_predictions(path, task, tokset.ids, preds[task])
+    write_predictions(path, task, sets[task].ids, preds[task])
     written.append(path)
   return written
+
+
+def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
+                         sharder: sharding.Sharder, step: int, write_metrics: bool = True,
+                         dev_results: tuple | None = None,
+                         predict_fns: dict | None = None) -> dict[str, float]:
+  """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files.
+
+  `dev_results`: (scores, predictions) already computed for exactly these params on the
+  full dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
+  `predict_fns`: the loop's jitted predictors, so their compiled shapes are reused.
+  """
+  predict_fns = predict_fns or make_predict_fns(mt_model)
+  sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
+  metrics: dict[str, Any] = {"step": int(step)}
+  pred_dir = os.path.join(workdir, "predictions")
+  for split in ("dev", "test"):
+    sets = experiment.eval_sets(s, tok, split)
+    if split == "dev" and dev_results is not None:
+      scores, preds = dev_results
+    else:
+      log.info("evaluating the %s sets: %s", split,
+               [t for t in tasks_lib.EVAL_TASKS if sets[t] is not None])
+      scores, preds = evaluate_split(predict_fns, params, sets, s.eval.batch_size,
+                                     s.eval_buckets, sharder)
+    if split == "dev":
+      metrics.update(tasks_lib.summarize(scores))
+    if s.eval.write_predictions and jax.process_index() == 0:
+      write_split_predictions(pred_dir, split, sets, preds)
+  if write_metrics and jax.process_index() == 0:
+    ckpt_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
+  return metrics
+
+
+def evaluate_workdir(workdir: str, s: Settings | None = None,
+                     write_metrics: bool = True) -> dict[str, float]:
+  """`--mode=eval` (metrics.json + predictions) / `predict` (predictions only) of the best
+  checkpoint; the data files are those of `s` (default: the training run's)."""
+  s = s or ckpt_lib.load_settings(workdir)
+  mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+  sharder = sharding.Sharder(sharding.make_mesh())
+  ckpts = ckpt_lib.Checkpoints(workdir)
+  step = ckpts.best_step()
+  ckpts.close()
+  return evaluate_and_predict(s, workdir, mt_model, sharder.replicate(params), tok, sharder,
+                              step, write_metrics)
 
 
 class Predictor:
@@ -193,11 +186,9 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> "Predictor":
-    from mtbert_jax import train  # pylint: disable=import-outside-toplevel
-    config = train.load_workdir_config(workdir)
-    mt_model, params, tok = train.restore_best_params(config, workdir)
-    return cls(mt_model, params, tok, int(config.data.max_length),
-               experiment.eval_buckets(config), batch_size)
+    s = ckpt_lib.load_settings(workdir)
+    mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+    return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size)
 
   def _run(self, task: str, tokset: data_lib.TokenizedSet) -> np.ndarray:
     return predict(self._fns[task], self.params, tokset, self.batch_size, self.buckets)
@@ -206,14 +197,14 @@ class Predictor:
     rows = data_lib.SentenceRows([str(i) for i in range(len(sentences))], list(sentences), None)
     return self._run("sst", data_lib.tokenize_sentences(rows, self.tokenizer, self.max_length))
 
-  def _pairs(self, pairs: Sequence[tuple[str, str]], joint: bool) -> data_lib.TokenizedSet:
+  def _pairs(self, task: str, pairs: Sequence[tuple[str, str]]) -> data_lib.TokenizedSet:
     rows = data_lib.PairRows([str(i) for i in range(len(pairs))], [a for a, _ in pairs],
                              [b for _, b in pairs], None)
-    prompt = heads_lib.PARAPHRASE_PROMPT if joint else None
-    return data_lib.tokenize_pairs(rows, self.tokenizer, self.max_length, joint, prompt)
+    return tasks_lib.get(task).tokenize(rows, self.tokenizer, self.max_length,
+                                        self.model.heads)
 
   def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    return self._run("para", self._pairs(pairs, self.model.heads.paraphrase == "prompt"))
+    return self._run("para", self._pairs("para", pairs))
 
   def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    return self._run("sts", self._pairs(pairs, False))
+    return self._run("sts", self._pairs("sts", pairs))

@@ -1,55 +1,42 @@
 """Task heads over the shared BERT encoder, and the multitask model that holds them.
 
-`MultitaskModel` owns one `BertModel` (parameters under `bert/`) and small float32 heads:
+`MultitaskModel` owns one `BertModel` (parameters under `bert/`) and small float32 heads.
+Each task has one output method that takes the sentence vectors of all of its input
+segments, stacked along the batch axis (`tasks.py` says which segments a task encodes):
 
-* sentiment: dropout, linear to 5 logits; the paper's head adds a squared ReLU on top.
-* paraphrase, "bi": dropout, linear on [u; v; |u-v|; u*v] of the two sentences' vectors
-  (the baseline);
-  "prompt": the paper's cross-encoder, one input `[CLS] prompt + s1 [SEP] s2 [SEP]`, its
-  vector through dropout and a linear layer to one logit (sigmoid in the loss).
-* similarity, "linear": dropout, linear on [u; v; |u-v|; u*v] (the baseline, a 0-5
-  regression);
-  "cosine": the paper's head, each vector through the `sts_proj` layer shared with the
-  NLI/SimCSE task, cosine similarity clamped to [0, 1], times 5.
+* `sst_output` [B, H] -> 5 logits: "linear" (dropout, linear, the baseline); the paper's
+  "squared_relu" (the square of a ReLU of those logits, as its section 3.2 reads); "mlp"
+  (dropout, a hidden layer of width H with a squared ReLU, dropout, linear).
+* `para_output` -> one logit: "bi" takes [u; v] (two sentences, [2B, H]) and a linear layer
+  on [u; v; |u-v|; u*v]; "prompt" is the paper's cross-encoder: one input
+  `[CLS] prompt + s1 [SEP] s2 [SEP]` ([B, H]), dropout and a linear layer.
+* `sts_output` -> a 0-5 similarity: "linear" on [u; v; |u-v|; u*v] (an unbounded
+  regression, the baseline); "cosine", the paper's head: each vector through the
+  `sts_proj` layer shared with the NLI/SimCSE task, cosine similarity clamped to [0, 1],
+  times 5; "cross": a cross-encoder over the joint pair ([B, H]), dropout, linear.
+* `nli_output` [3B, H] -> the `sts_proj` embeddings that supervised SimCSE compares.
 
-A sentence vector is the pooler output (the course's minBERT convention) or the raw [CLS]
-hidden state (`cls_source`). Entry points take embeddings, so SMART can perturb them, or ids.
+A sentence vector is the pooler output (the course's minBERT convention), the raw [CLS]
+hidden state, or the masked mean of the tokens (`cls_source`). Encoder entry points take
+embeddings, so SMART can perturb them, or ids.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtbert_jax import dropout as dropout_lib
 from mtbert_jax import model as model_lib
+from mtbert_jax import settings as settings_lib
+from mtbert_jax import xla_cpu
 
 Array = jax.Array
 
 PARAPHRASE_PROMPT = "Are these two sentences paraphrases ?"
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadConfig:
-  sentiment: str = "linear"      # "linear" | "squared_relu" (paper)
-  paraphrase: str = "bi"         # "bi" (baseline) | "prompt" (paper cross-encoder)
-  similarity: str = "linear"     # "linear" (baseline) | "cosine" (paper, shared sts_proj)
-  dropout: float = 0.2           # dropout before every head's linear layer
-  cls_source: str = "pooler"     # "pooler" (dense+tanh over [CLS]) | "hidden" ([CLS] state)
-                                 # | "mean" (masked mean of the last hidden states)
-  num_sentiment_classes: int = 5
-
-  def __post_init__(self):
-    for field, allowed in (("sentiment", ("linear", "squared_relu")),
-                           ("paraphrase", ("bi", "prompt")),
-                           ("similarity", ("linear", "cosine")),
-                           ("cls_source", ("pooler", "hidden", "mean"))):
-      if getattr(self, field) not in allowed:
-        raise ValueError(f"heads.{field}={getattr(self, field)!r}; expected one of {allowed}")
+NUM_SENTIMENT_CLASSES = 5
 
 
 def cosine_similarity(u: Array, v: Array, eps: float = 1e-8) -> Array:
@@ -66,23 +53,35 @@ def pair_features(u: Array, v: Array) -> Array:
 
 
 class MultitaskModel(nn.Module):
-  """One encoder, three task heads (plus the projection SimCSE shares with STS)."""
+  """One encoder, the task heads (plus the projection SimCSE shares with STS).
+
+  `heads.cls_source` must be resolved ("auto" is the config's, `experiment.build_model`
+  turns it into the checkpoint's pooling)."""
   bert_config: model_lib.BertConfig
-  heads: HeadConfig = HeadConfig()
+  heads: settings_lib.HeadSettings
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
 
   def setup(self):
+    if self.heads.cls_source not in ("pooler", "hidden", "mean"):
+      raise ValueError(f"heads.cls_source={self.heads.cls_source!r}: resolve 'auto' first")
     self.bert = model_lib.BertModel(self.bert_config, dtype=self.dtype,
                                     param_dtype=self.param_dtype, remat=self.remat)
-    self.head_dropout = dropout_lib.Dropout(self.heads.dropout)
+    rate = self.heads.dropout
+    self.head_dropout = (xla_cpu.Dropout(rate) if self.bert_config.kernels == "xla_cpu"
+                         else nn.Dropout(rate))
     dense = lambda n, name: nn.Dense(n, param_dtype=self.param_dtype, name=name,
                                      kernel_init=nn.initializers.normal(0.02))
-    self.sentiment_out = dense(self.heads.num_sentiment_classes, "sentiment_out")
+    hidden = self.bert_config.hidden_size
+    self.sentiment_hidden = dense(hidden, "sentiment_hidden")
+    self.sentiment_out = dense(NUM_SENTIMENT_CLASSES, "sentiment_out")
     self.paraphrase_out = dense(1, "paraphrase_out")
     self.similarity_out = dense(1, "similarity_out")
-    self.sts_proj = dense(self.bert_config.hidden_size, "sts_proj")
+    self.sts_proj = dense(hidden, "sts_proj")
+
+  def _drop(self, x: Array, deterministic: bool) -> Array:
+    return self.head_dropout(x, deterministic=deterministic)
 
   # -- encoder ------------------------------------------------------------------------------
   def embed(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
@@ -107,40 +106,56 @@ class MultitaskModel(nn.Module):
     return self.vector_from_embeddings(
         self.embed(input_ids, token_type_ids, deterministic), attention_mask, deterministic)
 
-  # -- heads on sentence vectors ------------------------------------------------------------
-  def sentiment_logits(self, v: Array, deterministic: bool) -> Array:
-    logits = self.sentiment_out(self.head_dropout(v, deterministic=deterministic))  # [B, 5]
+  # -- one output method per task, on the stacked vectors of its segments -------------------
+  def sst_output(self, v: Array, deterministic: bool) -> Array:
+    """Sentiment logits [B, 5] of sentence vectors [B, H]."""
+    if self.heads.sentiment == "mlp":
+      v = jnp.square(nn.relu(self.sentiment_hidden(self._drop(v, deterministic))))
+    logits = self.sentiment_out(self._drop(v, deterministic))
     if self.heads.sentiment == "squared_relu":
-      logits = jnp.square(jax.nn.relu(logits))
+      logits = jnp.square(nn.relu(logits))
     return logits
 
-  def paraphrase_logit(self, u: Array, v: Array | None, deterministic: bool) -> Array:
-    """One logit [B]: from the joint vector `u` ("prompt") or from `u`, `v` ("bi")."""
-    x = u if self.heads.paraphrase == "prompt" else pair_features(u, v)
-    return self.paraphrase_out(self.head_dropout(x, deterministic=deterministic))[:, 0]
+  def para_output(self, vectors: Array, deterministic: bool) -> Array:
+    """One paraphrase logit [B] (sigmoid in the loss): of [B, H] joint vectors ("prompt")
+    or of the two sentences' vectors stacked, [2B, H] ("bi")."""
+    x = vectors
+    if self.heads.paraphrase == "bi":
+      x = pair_features(*jnp.split(vectors, 2))
+    return self.paraphrase_out(self._drop(x, deterministic))[:, 0]
 
   def sts_embedding(self, v: Array) -> Array:
     """The projection shared by the cosine STS head and the SimCSE tasks: [B, H]."""
     return self.sts_proj(v)
 
-  def similarity_score(self, u: Array, v: Array, deterministic: bool) -> Array:
-    """Predicted similarity in [0, 5] for "cosine"; an unbounded regression for "linear"."""
+  def sts_output(self, vectors: Array, deterministic: bool) -> Array:
+    """Predicted similarity [B]: in [0, 5] for "cosine"; an unbounded regression for
+    "linear" and "cross". Input: [2B, H] (two sentences) or [B, H] joint ("cross")."""
+    if self.heads.similarity == "cross":
+      return self.similarity_out(self._drop(vectors, deterministic))[:, 0]
+    u, v = jnp.split(vectors, 2)
     if self.heads.similarity == "cosine":
-      u = self.sts_embedding(self.head_dropout(u, deterministic=deterministic))
-      v = self.sts_embedding(self.head_dropout(v, deterministic=deterministic))
+      u = self.sts_embedding(self._drop(u, deterministic))
+      v = self.sts_embedding(self._drop(v, deterministic))
       return 5.0 * jnp.clip(cosine_similarity(u, v), 0.0, 1.0)
-    x = pair_features(u, v)
-    return self.similarity_out(self.head_dropout(x, deterministic=deterministic))[:, 0]
+    return self.similarity_out(self._drop(pair_features(u, v), deterministic))[:, 0]
+
+  def nli_output(self, vectors: Array, deterministic: bool) -> Array:
+    """The shared projection of anchor, positive and negative vectors [3B, H] (SimCSE)."""
+    del deterministic  # no head dropout: SimCSE's views differ by the encoder's dropout
+    return self.sts_embedding(vectors)
 
   def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
                deterministic: bool = True) -> dict[str, Array]:
     """Runs every head once on one batch of sentences (used to initialise all parameters)."""
     v = self.vector(input_ids, attention_mask, token_type_ids, deterministic)
-    u = v[::-1]
-    self.sts_embedding(v)  # SimCSE uses the projection whatever the STS head
-    return {"sentiment": self.sentiment_logits(v, deterministic),
-            "paraphrase": self.paraphrase_logit(u, v, deterministic),
-            "similarity": self.similarity_score(u, v, deterministic)}
+    two = jnp.concatenate([v, v[::-1]])  # [2B, H], "sentence pairs" for the pair heads
+    return {"sst": self.sst_output(v, deterministic),
+            "para": self.para_output(v if self.heads.paraphrase == "prompt" else two,
+                                     deterministic),
+            "sts": self.sts_output(v if self.heads.similarity == "cross" else two,
+                                   deterministic),
+            "nli": self.nli_output(v, deterministic)}
 
 
 def init_params(mt_model: MultitaskModel, rng: Array, bert_params: dict | None = None) -> dict:

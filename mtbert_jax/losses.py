@@ -1,7 +1,7 @@
 """Loss terms of the multitask objective: task losses, SMART, SimCSE and task weighting.
 
 Everything here is a pure function on plain arrays, jit-able, with no Flax module inside:
-`train.py` assembles its `loss_fn` from these terms. Task losses take optional per-example
+`objective.py` composes a step's loss from them. Task losses take optional per-example
 `weights` [B] (1 for a real example, 0 for a padding row) and reduce to
 `sum(w * l) / max(sum(w), 1)`. The SMART smoothness regularizer (Jiang et al. 2020 and
 section 3.3 of the paper) is generic over a `forward(perturbed_embeddings) -> output`
@@ -84,6 +84,12 @@ def mean_squared_error(pred: Array, target: Array, weights: Array | None = None)
   pred = _at_least_f32(pred)
   per_example = optax.squared_error(pred, target.astype(pred.dtype))
   return _weighted_mean(per_example, weights)
+
+
+def reduced(divergence_per_example: DivergencePerExample) -> Divergence:
+  """The weighted batch mean `(out_p, out_q, weights) -> scalar` of a per-example
+  divergence `(out_p, out_q) -> [B]` (SMART's adversarial variant and the Bregman term)."""
+  return lambda p, q, weights=None: _weighted_mean(divergence_per_example(p, q), weights)
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,15 +342,17 @@ def bregman_proximal(out: Any, ema_out: Any, divergence: Divergence,
 # Task weighting (paper section 3.4).
 
 
-def update_loss_ema(ema: Array, losses: Array, decay: float) -> Array:
-  """ema [T] <- decay * ema + (1 - decay) * losses [T], with no gradient through losses.
+def update_loss_ema(ema: Array, index: int | Array, loss: Array, decay: float) -> Array:
+  """ema [T] with entry `index` moved towards `loss`: decay * ema_i + (1 - decay) * loss,
+  with no gradient through the loss; the other tasks' entries are unchanged (one step
+  trains one task).
 
-  Start from `jnp.ones(T)` (uniform weights until the losses are seen) or from the first
-  step's losses; never from zeros, whose log is -inf (`loss_based_task_weights` clamps to
-  the smallest normal float anyway, so zeros give finite but meaningless weights).
+  Start from `jnp.ones(T)` (uniform weights until the losses are seen), never from zeros,
+  whose log is -inf (`loss_based_task_weights` clamps to the smallest normal float anyway,
+  so zeros give finite but meaningless weights).
   """
-  losses = jax.lax.stop_gradient(jnp.asarray(losses, ema.dtype))
-  return decay * ema + (1.0 - decay) * losses
+  loss = jax.lax.stop_gradient(jnp.asarray(loss, ema.dtype))
+  return ema.at[index].set(decay * ema[index] + (1.0 - decay) * loss)
 
 
 def loss_based_task_weights(ema: Array, temperature: float = 1.0) -> Array:

@@ -1,23 +1,25 @@
 """The BERT encoder as Flax linen modules, named after the HF PyTorch modules.
 
-`BertModel` has three entry points, used through `apply(..., method=...)`:
-`embed` (token ids -> input embeddings, the point where SMART perturbs), `encode`
-(embeddings -> last hidden state) and `pool` (dense + tanh over [CLS]); `__call__` chains
-`embed` and `encode`. Sizes come from the frozen `BertConfig`, read from an HF
-`config.json`. `dtype` is the compute dtype (float32 or bfloat16), parameters are stored in
-`param_dtype` (float32); softmax and LayerNorm statistics run in float32 either way. In
-16-bit compute, matmuls, LayerNorm and GELU come from `layers` (hand-written backward
-passes that keep XLA:CPU on its bf16 kernels); the attention softmax comes from `layers`
-in both dtypes, and dropout masks from `dropout`.
+`BertModel` has three entry points, used through `apply(..., method=...)`: `embed` (token
+ids -> input embeddings, the point where SMART perturbs), `encode` (embeddings -> last
+hidden state) and `pool` (dense + tanh over [CLS]); `__call__` chains `embed` and
+`encode`. Sizes come from the frozen `BertConfig`, read from an HF `config.json`. `dtype`
+is the compute dtype (float32 or bfloat16), parameters are stored in `param_dtype`
+(float32); softmax and LayerNorm statistics run in float32 either way.
+
+The layers are plain Flax (`nn.Dense`, `nn.LayerNorm`, `nn.Dropout`, `jax.nn.softmax`)
+unless `BertConfig.kernels` is "xla_cpu": then the few helpers below (`_dense`,
+`_layer_norm`, `_dropout`, the GELU and the attention with dropout) take their
+XLA:CPU forms from `xla_cpu.py`, which compute the same functions in a shape that CPU's
+kernels run fast. Nothing else in the encoder depends on the choice.
 
 Attention goes through `jax.nn.dot_product_attention` whenever no attention-probability
-dropout is active: its XLA implementation with the padding mask by default, or cuDNN's
-fused (flash) kernel with `BertConfig.attention_impl="cudnn"` (GPU, bfloat16/float16 only;
-the padding is then passed as per-sequence key lengths, so masks must be right-padded, as
-the tokenizer makes them). JAX's own default (`implementation=None`) is the XLA path, so
-cuDNN has to be asked for. With dropout on the attention probabilities (HF BERT's
-`attention_probs_dropout_prob` during training) the explicit softmax path runs, which is
-what HF PyTorch computes (in 16-bit compute with heads-first [B * N, L, D] operands).
+dropout is active: XLA's implementation with the padding mask by default, or cuDNN's
+fused (flash) kernel with `BertConfig.attention_impl="cudnn"` (GPU, bfloat16/float16
+only; the padding is then passed as per-sequence key lengths, so masks must be
+right-padded, as the tokenizer makes them). With dropout on the attention probabilities
+(HF BERT's `attention_probs_dropout_prob` during training) the explicit softmax path runs,
+which is what HF PyTorch computes.
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtbert_jax import dropout as dropout_lib
-from mtbert_jax import layers
+from mtbert_jax import xla_cpu
 
 Array = jax.Array
 DType = Any
@@ -54,14 +55,18 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
   initializer_range: float = 0.02
-  # How attention runs without attention dropout (a runtime choice, not saved to
-  # config.json): "xla" (any backend and dtype) | "cudnn" (fused kernel; GPU, bf16/fp16).
+  # Runtime choices, not saved to config.json. How attention runs without attention
+  # dropout: "xla" (any backend and dtype) | "cudnn" (fused kernel; GPU, bf16/fp16).
   attention_impl: str = "xla"
+  # The layers' implementation: "flax" (plain Flax, every backend) | "xla_cpu" (xla_cpu.py).
+  kernels: str = "flax"
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
                        f"{list(ATTENTION_IMPLS)}")
+    if self.kernels not in KERNELS:
+      raise ValueError(f"kernels={self.kernels!r}: expected one of {list(KERNELS)}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                        f"num_attention_heads={self.num_attention_heads}")
@@ -97,7 +102,7 @@ class BertConfig:
 
   def to_hf_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    del d["attention_impl"]
+    del d["attention_impl"], d["kernels"]
     d.update(model_type="bert", architectures=["BertModel"],
              position_embedding_type="absolute")
     return d
@@ -107,24 +112,40 @@ class BertConfig:
 
 
 ATTENTION_IMPLS = ("xla", "cudnn")
+KERNELS = ("flax", "xla_cpu")
 
+# HF "gelu" is the exact erf form.
 _ACTIVATIONS = {
-    "gelu": layers.gelu_erf,   # HF "gelu" is the exact erf form
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
 }
 
 
+def _xla_cpu_half(cfg: BertConfig, dtype: DType) -> bool:
+  return cfg.kernels == "xla_cpu" and dtype in xla_cpu.HALF_DTYPES
+
+
 def _dense(cfg: BertConfig, features: int, dtype: DType, param_dtype: DType, name: str):
-  return layers.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                      kernel_init=nn.initializers.normal(cfg.initializer_range))
+  cls = xla_cpu.Dense if _xla_cpu_half(cfg, dtype) else nn.Dense
+  return cls(features, dtype=dtype, param_dtype=param_dtype, name=name,
+             kernel_init=nn.initializers.normal(cfg.initializer_range))
 
 
 def _layer_norm(cfg: BertConfig, dtype: DType, param_dtype: DType, name: str = "LayerNorm"):
-  # float32 keeps flax's LayerNorm: there the closed-form backward measured 2.5% slower.
-  cls = layers.LayerNorm if dtype in layers.HALF_DTYPES else nn.LayerNorm
+  cls = xla_cpu.LayerNorm if _xla_cpu_half(cfg, dtype) else nn.LayerNorm
   return cls(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def _dropout(cfg: BertConfig, rate: float):
+  return xla_cpu.Dropout(rate) if cfg.kernels == "xla_cpu" else nn.Dropout(rate)
+
+
+def _activation(cfg: BertConfig, x: Array) -> Array:
+  if cfg.kernels == "xla_cpu" and cfg.hidden_act == "gelu":
+    return xla_cpu.gelu_erf(x)
+  return _ACTIVATIONS[cfg.hidden_act](x)
 
 
 class BertEmbeddings(nn.Module):
@@ -148,7 +169,7 @@ class BertEmbeddings(nn.Module):
          + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))  # [B, L, H]
     x = _layer_norm(cfg, self.dtype, self.param_dtype)(x)
-    return dropout_lib.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return _dropout(cfg, cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -165,29 +186,21 @@ class BertSelfAttention(nn.Module):
     q = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "value")(x))
-    half = self.dtype in layers.HALF_DTYPES
     attn_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]: key positions to attend
-    dropout = cfg.attention_probs_dropout_prob
-    if deterministic or dropout == 0.0:
+    rate = cfg.attention_probs_dropout_prob
+    if deterministic or rate == 0.0:
       if cfg.attention_impl == "xla":
         out = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)  # [B, L, N, D]
       else:
         out = fused_attention(q, k, v, mask, cfg.attention_impl)
+    elif cfg.kernels == "xla_cpu":
+      out = xla_cpu.attention_with_dropout(q, k, v, attn_mask,
+                                           xla_cpu.ProbsDropout(rate, self.dtype), self.dtype)
     else:
-      if half:  # one group per (example, head): [B * N, L, D], a copy XLA keeps
-        q, k, v = (jnp.swapaxes(t, 1, 2).reshape(batch * heads, length, head_dim)
-                   for t in (q, k, v))
-        scores = layers.mixed_bmm(q, k, True).reshape(batch, heads, length, length)
-      else:
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+      scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
       scores = jnp.where(attn_mask, scores / jnp.sqrt(head_dim), jnp.finfo(jnp.float32).min)
-      probs = layers.softmax(scores)  # [B, N, L, L], float32
-      probs = dropout_lib.ProbsDropout(dropout, self.dtype)(probs)
-      if half:
-        out = layers.mixed_bmm(probs.reshape(batch * heads, length, length), v, False)
-        out = jnp.swapaxes(out.astype(self.dtype).reshape(batch, heads, length, head_dim), 1, 2)
-      else:
-        out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+      probs = nn.Dropout(rate)(jax.nn.softmax(scores), deterministic=False)  # [B, N, L, L]
+      out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), v)
     return out.reshape(batch, length, cfg.hidden_size)
 
 
@@ -209,7 +222,7 @@ class BertSelfOutput(nn.Module):
   def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
     cfg = self.config
     hidden = _dense(cfg, cfg.hidden_size, self.dtype, self.param_dtype, "dense")(hidden)
-    hidden = dropout_lib.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+    hidden = _dropout(cfg, cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
     return _layer_norm(cfg, self.dtype, self.param_dtype)(hidden + residual)
 
 
@@ -235,7 +248,7 @@ class BertLayer(nn.Module):
     cfg = self.config
     kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
     x = BertAttention(**kw, name="attention")(x, mask, deterministic)
-    hidden = _ACTIVATIONS[cfg.hidden_act](BertIntermediate(**kw, name="intermediate")(x))
+    hidden = _activation(cfg, BertIntermediate(**kw, name="intermediate")(x))
     return BertSelfOutput(**kw, name="output")(hidden, x, deterministic)
 
 

@@ -2,10 +2,10 @@
 
 On Linux/glibc, XLA:CPU train steps otherwise re-fault hundreds of MB of memory every step:
 its worker threads allocate from per-thread malloc arenas whose heaps grow and shrink each
-step, and large blocks are mmap-ed and unmapped (~200k minor page faults and ~0.3 s of system
-time per MiniLM step on 2 cores). One arena, no mmap for large blocks and no trimming keep
-that memory mapped between steps: the MiniLM step went from ~790 to ~600 ms
-(docs/performance.md). glibc reads these variables only at process start, hence a re-exec.
+step, and large blocks are mmap-ed and unmapped, so every step page-faults that memory in
+again. One arena, no mmap for large blocks and no trimming keep it mapped between steps
+(the measurement is in docs/performance.md). glibc reads these variables only at process
+start, hence a re-exec.
 
 The settings are for the CPU backend only. On a machine with an accelerator they are not
 applied: there the step runs on the device, and one malloc arena for the host side (GPU
@@ -40,8 +40,6 @@ def cpu_only(environ: dict[str, str] | None = None) -> bool:
 def wants_malloc_tuning(environ: dict[str, str] | None = None) -> bool:
   """`MTBERT_MALLOC_TUNING` (1/0) if set, else: Linux and CPU only."""
   environ = os.environ if environ is None else environ
-  if environ.get("MTBERT_NO_MALLOC_TUNING"):  # the opt-out of earlier versions
-    return False
   forced = environ.get("MTBERT_MALLOC_TUNING", "").strip()
   if forced:
     if forced not in ("0", "1"):

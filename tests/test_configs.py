@@ -7,6 +7,7 @@ import pytest
 
 from configs import ablation, base, baseline, full, quick, smoke
 from mtbert_jax import experiment
+from mtbert_jax import settings as settings_lib
 
 SHIPPED = {"base": base.get_config, "baseline": baseline.get_config, "full": full.get_config,
            "quick": quick.get_config, "smoke": smoke.get_config,
@@ -16,17 +17,57 @@ SHIPPED = {"base": base.get_config, "baseline": baseline.get_config, "full": ful
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_config_validates(name, default_ckpt_dir, data_dir):
-  config = SHIPPED[name]()
-  sc = experiment.step_config(config)
-  experiment.head_config(config)
-  experiment.build_model(config, load_weights=False)
-  experiment.eval_buckets(config)
-  assert sc.tasks
-  files = [f for f in config.data if f.endswith(("_train", "_dev", "_test")) or
-           f in ("tweets", "nli")]
+  s = settings_lib.from_dict(SHIPPED[name]().to_dict())
+  assert settings_lib.from_dict(settings_lib.to_dict(s)) == s  # config.json round trip
+  experiment.build_model(s, load_weights=False)
+  files = [f for f in settings_lib.to_dict(s)["data"]
+           if f.endswith(("_train", "_dev", "_test")) or f in ("tweets", "nli")]
   for field in files:  # every configured file exists in the real data folder
-    path = experiment.data_path(config, field)
+    path = experiment.data_path(s, field)
     assert path is None or os.path.exists(path), (name, field, path)
+
+
+def test_every_base_field_has_a_comment():
+  """configs/base.py is the reference of every field: each assignment carries a comment
+  on its line (or, for a long one, on the line above)."""
+  lines = open(base.__file__, encoding="utf-8").read().splitlines()
+  fields = [i for i, line in enumerate(lines) if line.strip().startswith("c.") and "=" in line
+            and "ConfigDict()" not in line and "return" not in line]
+  missing = [lines[i].strip() for i in fields
+             if "#" not in lines[i] and not lines[i - 1].strip().startswith("#")]
+  assert not missing, missing
+
+
+def _settings(**groups):
+  d = settings_lib.to_dict(settings_lib.from_dict(base.get_config().to_dict()))
+  for group, fields in groups.items():
+    d[group] = {**d[group], **fields} if isinstance(fields, dict) else fields
+  return settings_lib.from_dict(d)
+
+
+@pytest.mark.parametrize("groups,match", [
+    (dict(optim={"lr": -1e-4}), r"--config.optim.lr=-0.0001: expected > 0"),
+    (dict(train={"batch_size": 0}), r"--config.train.batch_size=0: expected >= 1"),
+    (dict(heads={"dropout": 1.0}), r"--config.heads.dropout=1.0: expected a probability"),
+    (dict(smart={"epsilon": 0.0}), r"--config.smart.epsilon=0.0: expected > 0"),
+    (dict(train={"num_steps": "abc"}), r"--config.train.num_steps='abc': expected an integer"),
+    (dict(model={"kernels": "cuda"}), r"--config.model.kernels='cuda': expected one of"),
+    (dict(train={"sampling": "random"}), r"--config.train.sampling='random'"),
+    (dict(optim={"layer_decay": 0.0}), r"--config.optim.layer_decay=0.0"),
+    (dict(train={"num_step": 3}), r"--config.train.num_step: no such field in group "
+                                  r"'train'; did you mean 'num_steps'\?"),
+    (dict(data={"buckets": [64, 32]}), r"--config.data.buckets"),
+])
+def test_bad_values_are_one_clear_error_naming_the_flag(groups, match):
+  with pytest.raises(settings_lib.ConfigError, match=match):
+    _settings(**groups)
+
+
+def test_a_config_of_another_version_names_its_missing_fields():
+  d = settings_lib.to_dict(settings_lib.from_dict(base.get_config().to_dict()))
+  del d["model"]["kernels"]
+  with pytest.raises(settings_lib.ConfigError, match=r"lacks the field\(s\) \['model.kernels'\]"):
+    settings_lib.from_dict(d)
 
 
 def _flat(config, prefix=""):
@@ -58,19 +99,27 @@ def test_ablation_row_changes_only_its_extension(row, changed):
 
 def test_cudnn_attention_is_refused_where_it_cannot_run(default_ckpt_dir):
   import jax  # pylint: disable=import-outside-toplevel
-  config = base.get_config()
-  config.model.attention = "cudnn"
   if jax.default_backend() != "gpu":
-    with pytest.raises(experiment.ConfigError, match="model.attention=cudnn needs a GPU"):
-      experiment.build_model(config, load_weights=False)
-  config.model.attention = "flash"
-  with pytest.raises(experiment.ConfigError, match="model.attention='flash'"):
-    experiment.build_model(config, load_weights=False)
+    with pytest.raises(settings_lib.ConfigError, match="model.attention=cudnn needs a GPU"):
+      experiment.build_model(_settings(model={"attention": "cudnn"}), load_weights=False)
+  with pytest.raises(settings_lib.ConfigError, match="model.attention='flash'"):
+    _settings(model={"attention": "flash"})
+
+
+def test_auto_kernels_are_xla_cpu_on_cpu_only():
+  s = _settings()
+  assert experiment.kernels(s, backend="cpu") == "xla_cpu"
+  assert experiment.kernels(s, backend="gpu") == "flax"
+  assert experiment.kernels(_settings(model={"kernels": "flax"}), backend="cpu") == "flax"
 
 
 def test_missing_data_file_names_the_flag_and_the_folder(tmp_path):
-  config = quick.get_config()
-  config.data.dir = str(tmp_path)
+  c = quick.get_config()
+  c.data.dir = str(tmp_path)
+  s = settings_lib.from_dict(c.to_dict())
   with pytest.raises(FileNotFoundError, match=r"--config.data.sst_train: .*ids-sst-train.csv "
                                               r"\(relative to --config.data.dir="):
-    experiment.data_path(config, "sst_train")
+    experiment.data_path(s, "sst_train")
+  (tmp_path / "cs224n" / "ids-sst-train.csv").mkdir(parents=True)
+  with pytest.raises(IsADirectoryError, match=r"--config.data.sst_train: .* is a folder"):
+    experiment.data_path(s, "sst_train")

@@ -1,4 +1,5 @@
-"""Tests of `mtbert_jax.data`: real-file parsing, bad-input errors, bucketing and iterators.
+"""Tests of `mtbert_jax.readers` and `mtbert_jax.data`: real-file parsing, bad-input errors,
+bucketing, iterators and the task schedule.
 
 Real files come from `paths.default_data_dir()` and the tests that read them skip when it
 is missing; tokenizing tests use the embedded checkpoint's tokenizer (`real_tokenizer`,
@@ -17,6 +18,7 @@ import pytest
 
 from mtbert_jax import data
 from mtbert_jax import paths
+from mtbert_jax import readers
 
 BUCKETS = (8, 16, 32)
 
@@ -60,7 +62,7 @@ PAIR_FILES = [("quora-train-partial.csv", "paraphrase", 13507, True),
 
 @pytest.mark.parametrize("name,num_classes,count,labeled", SENTIMENT_FILES)
 def test_real_sentiment_files(data_dir, name, num_classes, count, labeled):
-  rows = data.read_sentiment(os.path.join(data_dir, "cs224n", name), num_classes)
+  rows = readers.read_sentiment(os.path.join(data_dir, "cs224n", name), num_classes)
   assert len(rows) == len(rows.ids) == count
   assert len(set(rows.ids)) == count and all(rows.ids) and all(rows.texts)
   if labeled:
@@ -71,19 +73,19 @@ def test_real_sentiment_files(data_dir, name, num_classes, count, labeled):
 
 
 def test_real_sentiment_ids_and_label_map(data_dir):
-  test = data.read_sentiment(os.path.join(data_dir, "cs224n", "ids-sst-test-student.csv"))
+  test = readers.read_sentiment(os.path.join(data_dir, "cs224n", "ids-sst-test-student.csv"))
   # The odd test header (`0<TAB><TAB>id<TAB>sentence`) still finds the id column.
   assert test.ids[:2] == ["b7573736a6ddf7be102b7fee0", "d17a8752e342834fd18b31aaa"]
   assert test.texts[0] == "Effective but too-tepid biopic"
   path = os.path.join(data_dir, "cs224n", "ids-cfimdb-dev.csv")
-  plain = data.read_sentiment(path, num_classes=2)
-  mapped = data.read_sentiment(path, num_classes=2, label_map={0: 0, 1: 4})
+  plain = readers.read_sentiment(path, num_classes=2)
+  mapped = readers.read_sentiment(path, num_classes=2, label_map={0: 0, 1: 4})
   np.testing.assert_array_equal(mapped.labels, plain.labels * 4)
 
 
 @pytest.mark.parametrize("name,task,count,labeled", PAIR_FILES)
 def test_real_pair_files(data_dir, name, task, count, labeled):
-  rows = data.read_pairs(os.path.join(data_dir, "cs224n", name), task)
+  rows = readers.read_pairs(os.path.join(data_dir, "cs224n", name), task)
   assert len(rows) == len(rows.ids) == len(rows.texts_b) == count
   assert all(rows.texts_a) and all(rows.texts_b) and len(set(rows.ids)) == count
   if not labeled:
@@ -97,10 +99,10 @@ def test_real_pair_files(data_dir, name, task, count, labeled):
 
 def test_quora_dev_two_rows_without_label(data_dir, caplog):
   path = os.path.join(data_dir, "cs224n", "quora-dev.csv")
-  with pytest.raises(data.DataError, match=r"quora-dev\.csv: line 2577: .*is_duplicate"):
-    data.read_pairs(path, "paraphrase")
+  with pytest.raises(readers.DataError, match=r"quora-dev\.csv: line 2577: .*is_duplicate"):
+    readers.read_pairs(path, "paraphrase")
   with caplog.at_level(logging.WARNING, logger="mtbert_jax.data"):
-    rows = data.read_pairs(path, "paraphrase", on_invalid="skip")
+    rows = readers.read_pairs(path, "paraphrase", on_invalid="skip")
   assert len(rows) == 20214 - 2
   assert "skipped 2 invalid row(s) of 20214" in caplog.text
   assert "line 2577" in caplog.text and "line 14222" in caplog.text
@@ -108,22 +110,22 @@ def test_quora_dev_two_rows_without_label(data_dir, caplog):
 
 def test_quoted_fields(data_dir):
   # sts-dev.csv line 28 field: "The Marlins only said: ""The issue has been resolved."""
-  rows = data.read_pairs(os.path.join(data_dir, "cs224n", "sts-dev.csv"), "similarity")
+  rows = readers.read_pairs(os.path.join(data_dir, "cs224n", "sts-dev.csv"), "similarity")
   i = rows.ids.index("39a4eb10451fa52b0f35c3a16")
   assert rows.texts_a[i] == ('"The issue has been resolved," Marlins President David Samson '
                              'said through a club spokesman.')
   assert rows.texts_b[i] == 'The Marlins only said: "The issue has been resolved."'
   assert rows.labels[i] == 3.0
-  triplets = data.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
+  triplets = readers.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
   assert triplets.anchor[1] == "Two sunbathers, a man and a woman, soak in the sun."
 
 
 def test_real_triplets_and_tweets(data_dir):
-  triplets = data.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
+  triplets = readers.read_triplets(os.path.join(data_dir, "nli", "nli_for_simcse-subset.csv"))
   assert len(triplets) == len(triplets.positive) == len(triplets.negative) == 27560
   assert triplets.positive[0] == "A man is playing guitar."  # No stray \r from CRLF lines.
   assert triplets.negative[-1] and not triplets.negative[-1].endswith("\r")
-  tweets = data.read_tweets(os.path.join(data_dir, "twitter", "tweet-sentiment.csv"))
+  tweets = readers.read_tweets(os.path.join(data_dir, "twitter", "tweet-sentiment.csv"))
   assert len(tweets) == 31014 and tweets.ids[0] == "f87dea47db"
   assert collections.Counter(tweets.labels.tolist()) == {2: 12547, 4: 9685, 0: 8782}
 
@@ -161,11 +163,11 @@ QUORA_HEADER = "\tid\tsentence1\tsentence2\tis_duplicate\n"
 ])
 def test_bad_input_names_file_and_line(tmp_path, text, reader, pattern):
   path = _write(tmp_path, "bad.csv", text)
-  read = {"sst": lambda p: data.read_sentiment(p),
-          "sts": lambda p: data.read_pairs(p, "similarity"),
-          "quora": lambda p: data.read_pairs(p, "paraphrase"),
-          "nli": data.read_triplets, "tweets": data.read_tweets}[reader]
-  with pytest.raises(data.DataError) as info:
+  read = {"sst": lambda p: readers.read_sentiment(p),
+          "sts": lambda p: readers.read_pairs(p, "similarity"),
+          "quora": lambda p: readers.read_pairs(p, "paraphrase"),
+          "nli": readers.read_triplets, "tweets": readers.read_tweets}[reader]
+  with pytest.raises(readers.DataError) as info:
     read(path)
   assert str(info.value).startswith(f"{path}: line ")
   assert info.match(pattern)
@@ -173,24 +175,24 @@ def test_bad_input_names_file_and_line(tmp_path, text, reader, pattern):
 
 def test_quoted_multiline_field_reports_its_line(tmp_path):
   path = _write(tmp_path, "multi.csv", SST_HEADER + '0\ta\t"two\nlines"\t3\n1\tb\tok\tx\n')
-  rows = data.read_sentiment(path, on_invalid="skip")
+  rows = readers.read_sentiment(path, on_invalid="skip")
   assert rows.texts == ["two\nlines"]
-  with pytest.raises(data.DataError, match=r"line 4: column 'sentiment' is 'x'"):
-    data.read_sentiment(path)
+  with pytest.raises(readers.DataError, match=r"line 4: column 'sentiment' is 'x'"):
+    readers.read_sentiment(path)
 
 
 def test_missing_file_and_unmapped_label(tmp_path):
   missing = os.path.join(str(tmp_path), "nope.csv")
   with pytest.raises(FileNotFoundError, match="nope.csv"):
-    data.read_sentiment(missing)
+    readers.read_sentiment(missing)
   path = _write(tmp_path, "cf.csv", SST_HEADER + "0\ta\tgood\t1\n")
-  with pytest.raises(data.DataError, match=r"line 2: label 1 is not a key of label_map"):
-    data.read_sentiment(path, num_classes=2, label_map={0: 0})
+  with pytest.raises(readers.DataError, match=r"line 2: label 1 is not a key of label_map"):
+    readers.read_sentiment(path, num_classes=2, label_map={0: 0})
 
 
 def test_empty_label_column_reads_as_unlabeled(tmp_path):
   path = _write(tmp_path, "test.csv", SST_HEADER + "0\ta\tgood\t\n1\tb\tbad\t\n")
-  rows = data.read_sentiment(path)
+  rows = readers.read_sentiment(path)
   assert rows.labels is None and rows.ids == ["a", "b"]
 
 
@@ -222,29 +224,26 @@ def test_tokenize_sentences_and_pairs(real_tokenizer, tmp_path):
   assert triplets.labels is None and triplets.ids is None
 
 
-def test_cache_in_process_and_on_disk(real_tokenizer, tmp_path):
+def _tokenize_sst(path, tok, max_length):
+  return data.tokenize_once(path, tok, ("sst", max_length), lambda: data.tokenize_sentences(
+      readers.read_sentiment(path), tok, max_length))
+
+
+def test_tokenize_once_per_file_version_and_options(real_tokenizer, tmp_path):
   path = _write(tmp_path, "s.csv", SST_HEADER + "0\ta\tgood fun\t3\n1\tb\tbad\t0\n")
-  cache_dir = os.path.join(str(tmp_path), "cache")
   data.clear_cache()
-  first = data.load_and_tokenize_sentiment(path, real_tokenizer, 32, cache_dir=cache_dir)
-  assert data.load_and_tokenize_sentiment(path, real_tokenizer, 32) is first
-  assert data.load_and_tokenize_sentiment(path, real_tokenizer, 16) is not first
-  data.clear_cache()
-  from_disk = data.load_and_tokenize_sentiment(path, real_tokenizer, 32, cache_dir=cache_dir)
-  assert from_disk is not first and from_disk.ids == first.ids
-  np.testing.assert_array_equal(from_disk.labels, first.labels)
-  np.testing.assert_array_equal(from_disk.lengths, first.lengths)
-  np.testing.assert_array_equal(from_disk.segments[""].input_ids, first.segments[""].input_ids)
-  np.testing.assert_array_equal(from_disk.segments[""].offsets, first.segments[""].offsets)
+  first = _tokenize_sst(path, real_tokenizer, 32)
+  assert _tokenize_sst(path, real_tokenizer, 32) is first
+  assert _tokenize_sst(path, real_tokenizer, 16) is not first
   # A changed file is read again.
   _write(tmp_path, "s.csv", SST_HEADER + "0\ta\tgood fun\t3\n1\tb\tbad\t0\n2\tc\tok\t2\n")
   os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**9))
-  assert len(data.load_and_tokenize_sentiment(path, real_tokenizer, 32)) == 3
+  assert len(_tokenize_sst(path, real_tokenizer, 32)) == 3
 
 
 def test_real_sst_dev_tokenized_batches(real_tokenizer, data_dir):
-  tokset = data.load_and_tokenize_sentiment(
-      os.path.join(data_dir, "cs224n", "ids-sst-dev.csv"), real_tokenizer, 64)
+  tokset = _tokenize_sst(os.path.join(data_dir, "cs224n", "ids-sst-dev.csv"),
+                        real_tokenizer, 64)
   assert len(tokset) == 1101 and tokset.lengths.max() <= 64
   seen = np.concatenate([b["index"][b["weights"] > 0]
                          for b in data.eval_batches(tokset, 32, (32, 64))])
@@ -393,3 +392,28 @@ def test_mixture_ratios(train_set):
   assert abs(np.mean(from_first) - 0.75) < 0.03
   only_second = data.TrainIterator([train_set, other], [0.0, 1.0], 8, BUCKETS)
   assert all(np.all(next(only_second)["labels"] == -1) for _ in range(50))
+
+
+# ---------------------------------------------------------------------------------------
+# The task schedule.
+
+
+def test_task_schedule_round_robin_and_sampled_frequencies():
+  rr = data.TaskSchedule(("sst", "para", "sts"), (10, 20, 30))
+  assert [rr(s) for s in range(7)] == ["sst", "para", "sts", "sst", "para", "sts", "sst"]
+  sizes = (8544, 13507, 6040)
+  for mode, temperature in (("proportional", 1.0), ("temperature", 2.0)):
+    schedule = data.TaskSchedule(("sst", "para", "sts"), sizes, mode, temperature, seed=3)
+    expected = np.asarray(sizes, float) ** (1 / temperature)
+    expected /= expected.sum()
+    np.testing.assert_allclose(schedule.probabilities, expected)
+    draws = [schedule(s) for s in range(6000)]
+    counts = collections.Counter(draws)
+    for task, p in zip(("sst", "para", "sts"), expected):
+      # Binomial standard error of a frequency over 6,000 draws is <= 0.0065: 5 of them.
+      assert abs(counts[task] / 6000 - p) < 0.033, (mode, task, counts)
+    # A function of the step alone: a fresh schedule (a resumed run) gives the same tasks.
+    again = data.TaskSchedule(("sst", "para", "sts"), sizes, mode, temperature, seed=3)
+    assert [again(s) for s in range(5000, 6000)] == draws[5000:]
+  with pytest.raises(ValueError, match="positive size"):
+    data.TaskSchedule(("sst",), (0,), "proportional")

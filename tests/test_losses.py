@@ -441,8 +441,8 @@ def test_task_weights_mean_one_monotone_and_uniform_at_high_temperature():
 
 
 def test_update_loss_ema():
-  ema = losses.update_loss_ema(jnp.ones(2), jnp.array([3.0, 0.0]), decay=0.9)
-  np.testing.assert_allclose(ema, [1.2, 0.9], rtol=1e-6)
+  ema = losses.update_loss_ema(jnp.ones(3), 1, jnp.float32(3.0), decay=0.9)
+  np.testing.assert_allclose(ema, [1.0, 1.2, 1.0], rtol=1e-6)  # only task 1 moves
   # From ones the weights start uniform.
   np.testing.assert_allclose(losses.loss_based_task_weights(jnp.ones(4)), 1.0, rtol=1e-6)
 
@@ -456,7 +456,9 @@ def test_task_weights_carry_no_gradient_and_a_zero_weight_drops_its_term():
   def total(x, static_weights):
     per_task = task_losses(x)
     # Weights computed from the current losses: their gradient must not leak in.
-    ema = losses.update_loss_ema(jnp.ones(3), per_task, decay=0.5)
+    ema = jnp.ones(3)
+    for t in range(3):
+      ema = losses.update_loss_ema(ema, t, per_task[t], decay=0.5)
     weights = losses.loss_based_task_weights(ema)
     return jnp.sum(static_weights * weights * per_task), weights
 

@@ -1,5 +1,8 @@
 """The Flax BERT encoder: shapes, entry points, masking, jit, dropout, dtypes, config checks,
-and numerical parity with HF transformers' PyTorch `BertModel` on the real checkpoint."""
+and numerical parity with HF transformers' PyTorch `BertModel` on the real checkpoint.
+
+Every test that runs the encoder runs it with both kernel sets (`BertConfig.kernels`): the
+plain Flax layers every backend gets by default, and the XLA:CPU forms of xla_cpu.py."""
 
 import flax.linen as nn
 import jax
@@ -7,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtbert_jax import dropout as dropout_lib
-from mtbert_jax import layers
 from mtbert_jax import model
+from mtbert_jax import xla_cpu
+
+KERNELS = ("flax", "xla_cpu")
 
 
 def _batch(cfg, batch=3, length=12, seed=0):
@@ -23,11 +27,13 @@ def _batch(cfg, batch=3, length=12, seed=0):
   return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)
 
 
-@pytest.fixture
-def tiny(tiny_config):
-  """(config, module, params, (ids, mask, types)) for the tiny random encoder."""
-  params = model.init_params(tiny_config, jax.random.key(0))
-  return tiny_config, model.BertModel(tiny_config), params, _batch(tiny_config)
+@pytest.fixture(params=KERNELS)
+def tiny(tiny_config, request):
+  """(config, module, params, (ids, mask, types)) for the tiny random encoder, once per
+  kernel set."""
+  cfg = tiny_config.replace(kernels=request.param)
+  params = model.init_params(cfg, jax.random.key(0))
+  return cfg, model.BertModel(cfg), params, _batch(cfg)
 
 
 def test_output_shapes_and_dtypes(tiny):
@@ -152,9 +158,10 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   A dropout rate of 0 cannot reach the explicit path (the code then takes the fused one),
   and a tiny rate such as 1e-9 only works because 1 - 1e-9 rounds to 1.0 in float32, an
   accident of the dropout implementation. Instead: keep attention dropout at 0.5 so the
-  explicit path is taken with deterministic=False, and make every `dropout.Dropout` the
-  identity through `nn.intercept_methods` (and `dropout.ProbsDropout`, the attention's). The interceptor also records the shapes it saw,
-  proving that the [B, N, L, L] attention-probability dropout really ran.
+  explicit path is taken with deterministic=False, and make every dropout module
+  (`nn.Dropout`, `xla_cpu.Dropout`, `xla_cpu.ProbsDropout`) the identity through
+  `nn.intercept_methods`. The interceptor also records the shapes it saw, proving that the
+  [B, N, L, L] attention-probability dropout really ran.
   """
   cfg, _, params, (ids, mask, types) = tiny
   cfg = cfg.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
@@ -164,10 +171,10 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
   def dropout_is_identity(next_fun, args, kwargs, context):
     if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
-    if isinstance(context.module, dropout_lib.Dropout):
+    if isinstance(context.module, (nn.Dropout, xla_cpu.Dropout)):
       seen.append((context.module.rate, args[0].shape))
       return args[0]
-    if isinstance(context.module, dropout_lib.ProbsDropout):  # the attention probabilities
+    if isinstance(context.module, xla_cpu.ProbsDropout):  # the attention probabilities
       seen.append((context.module.rate, args[0].shape))
       return args[0].astype(context.module.dtype)
     return next_fun(*args, **kwargs)
@@ -183,7 +190,7 @@ def test_explicit_softmax_attention_equals_fused_path(tiny):
 
 def test_bfloat16_compute(tiny):
   cfg, bert, params, (ids, mask, types) = tiny
-  bf16 = model.BertModel(cfg, dtype=jnp.bfloat16)
+  bf16 = model.BertModel(cfg, dtype=jnp.bfloat16)  # the fixture's kernel set
   bf16_params = bf16.init(jax.random.key(0), ids, mask, types)["params"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16_params))
   assert jax.tree.structure(bf16_params) == jax.tree.structure(params)
@@ -201,84 +208,6 @@ def test_bfloat16_compute(tiny):
   print(f"\ntiny config bf16 vs f32: hidden max abs diff {diff:.3g}")
   assert 0 < diff < 0.1
   np.testing.assert_allclose(pooled, ref_pooled, rtol=0, atol=0.05)
-
-
-@pytest.mark.parametrize("x_shape", [(4, 16, 24), (16, 24)])
-def test_mixed_dense_forward_and_gradients(x_shape):
-  """`mixed_dense` against the same arithmetic spelled out in float32: operands rounded to
-  bf16, exact products, float32 sums. Products of two bf16 numbers are exact in float32, so
-  the float32 results (weight and bias gradients) differ only by summation order: 1e-5 of
-  their scale. Results rounded to bf16 (output, input gradient) may land one bf16 step
-  (2^-8 relative, 0.4%) apart when the float32 sums straddle a rounding boundary."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal(x_shape), jnp.bfloat16)
-  w = jnp.asarray(rng.standard_normal((24, 40)), jnp.float32)
-  b = jnp.asarray(rng.standard_normal(40), jnp.float32)
-  g = jnp.asarray(rng.standard_normal(x_shape[:-1] + (40,)), jnp.bfloat16)
-  f32 = lambda t: np.asarray(t, np.float32)
-  w16 = f32(w.astype(jnp.bfloat16))
-  y, vjp = jax.vjp(layers.mixed_dense, x, w, b)
-  dx, dw, db = vjp(g)
-  assert (y.dtype, dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16,
-                                                     jnp.float32, jnp.float32)
-  rows_x, rows_g = f32(x).reshape(-1, 24), f32(g).reshape(-1, 40)
-  one_step = lambda ref: dict(rtol=2**-8, atol=2**-8 * np.abs(ref).max())
-  ref_y = f32(x) @ w16 + f32(b)
-  np.testing.assert_allclose(f32(y), ref_y, **one_step(ref_y))
-  ref_dx = f32(g) @ w16.T
-  np.testing.assert_allclose(f32(dx), ref_dx, **one_step(ref_dx))
-  ref_dw, ref_db = rows_x.T @ rows_g, rows_g.sum(0)
-  np.testing.assert_allclose(dw, ref_dw, rtol=0, atol=1e-5 * np.abs(ref_dw).max())
-  np.testing.assert_allclose(db, ref_db, rtol=0, atol=1e-5 * np.abs(ref_db).max())
-
-
-@pytest.mark.parametrize("transpose_b", [True, False])
-@pytest.mark.parametrize("rows", [16, 13])  # 13: no small factor, the unsplit product
-def test_mixed_bmm_forward_and_gradients(transpose_b, rows):
-  """`mixed_bmm` against float32 arithmetic on the bf16-rounded operands (exact products,
-  float32 sums). The float32 output differs only by summation order (1e-5 of its scale);
-  the gradients, rounded to bf16, may be one bf16 step (2^-8 relative) apart."""
-  rng = np.random.default_rng(1)
-  a = jnp.asarray(rng.standard_normal((6, rows, 8)), jnp.bfloat16)
-  b_shape = (6, 10, 8) if transpose_b else (6, 8, 10)
-  b = jnp.asarray(rng.standard_normal(b_shape), jnp.bfloat16)
-  g = jnp.asarray(rng.standard_normal((6, rows, 10)), jnp.float32)
-  f32 = lambda t: np.asarray(t, np.float32)
-  spec = "gmk,gpk->gmp" if transpose_b else "gmk,gkp->gmp"
-  out, vjp = jax.vjp(lambda a, b: layers.mixed_bmm(a, b, transpose_b), a, b)
-  da, db = vjp(g)
-  assert (out.dtype, da.dtype, db.dtype) == (jnp.float32, jnp.bfloat16, jnp.bfloat16)
-  ref = np.einsum(spec, f32(a), f32(b))
-  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
-  g16 = f32(jnp.asarray(g, jnp.bfloat16))  # the backward multiplies the bf16 cotangent
-  ref_da, ref_db = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), f32(a), f32(b))[1](g16)
-  for got, want in ((da, ref_da), (db, ref_db)):
-    want = np.asarray(want)
-    np.testing.assert_allclose(f32(got), want, rtol=2**-8, atol=2**-8 * np.abs(want).max())
-
-
-def test_layer_norm_matches_flax_values_and_gradients():
-  """The closed-form backward against autodiff of flax's LayerNorm, in float32: the same
-  function, so only float32 rounding differs (1e-5 of each result's scale)."""
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.standard_normal((3, 5, 16)) * 3 + 1, jnp.float32)
-  g = jnp.asarray(rng.standard_normal((3, 5, 16)), jnp.float32)
-  flax_ln = nn.LayerNorm(epsilon=1e-12)
-  params = flax_ln.init(jax.random.key(0), x)
-  params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
-  scale, bias = params["params"]["scale"], params["params"]["bias"]
-  ours, vjp = jax.vjp(lambda x, s, b: layers.layer_norm(x, s, b, 1e-12), x, scale, bias)
-  ref, ref_vjp = jax.vjp(lambda x, s, b: flax_ln.apply({"params": {"scale": s, "bias": b}}, x),
-                         x, scale, bias)
-  for got, want in zip((ours,) + vjp(g), (ref,) + ref_vjp(g)):
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
-
-
-def test_dense_float32_is_flax_dense():
-  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
-  ours = layers.Dense(6)
-  params = ours.init(jax.random.key(1), x)
-  np.testing.assert_array_equal(ours.apply(params, x), nn.Dense(6).apply(params, x))
 
 
 def test_config_from_dict_checks():
@@ -343,8 +272,8 @@ def _hf_outputs(hf_bert, batch):
   return out.last_hidden_state.numpy(), out.pooler_output.numpy()
 
 
-def _flax_outputs(cfg, params, batch, dtype):
-  bert = model.BertModel(cfg, dtype=dtype)
+def _flax_outputs(cfg, params, batch, dtype, kernels):
+  bert = model.BertModel(cfg.replace(kernels=kernels), dtype=dtype)
   fn = jax.jit(lambda p, b: bert.apply({"params": p}, b["input_ids"], b["attention_mask"],
                                        b["token_type_ids"],
                                        method=model.BertModel.encode_and_pool))
@@ -360,19 +289,20 @@ def parity_setup(real_checkpoint, real_tokenizer, real_sentences, hf_bert):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind", ["single", "pair"])
-def test_parity_with_hf_float32(parity_setup, kind):
+def test_parity_with_hf_float32(parity_setup, kind, kernels):
   (cfg, params), batches, refs = parity_setup
   batch = batches[kind]
   assert batch["attention_mask"].min() == 0  # the batch does exercise padding
   if kind == "pair":
     assert batch["token_type_ids"].max() == 1
   ref_hidden, ref_pooled = refs[kind]
-  hidden, pooled = _flax_outputs(cfg, params, batch, jnp.float32)
+  hidden, pooled = _flax_outputs(cfg, params, batch, jnp.float32, kernels)
   real = batch["attention_mask"] == 1
   hidden_diff = float(np.abs(hidden[real] - ref_hidden[real]).max())
   pooled_diff = float(np.abs(pooled - ref_pooled).max())
-  print(f"\nfloat32 parity ({kind}, {batch['input_ids'].shape}): hidden max abs diff "
+  print(f"\nfloat32 parity ({kernels}, {kind}, {batch['input_ids'].shape}): hidden max abs diff "
         f"{hidden_diff:.3g} (max |hidden| {np.abs(ref_hidden[real]).max():.3g}), "
         f"pooler max abs diff {pooled_diff:.3g}")
   # Same float32 arithmetic in a different order: ~5e-6 measured on CPU.
@@ -381,18 +311,19 @@ def test_parity_with_hf_float32(parity_setup, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind", ["single", "pair"])
-def test_parity_with_hf_bfloat16(parity_setup, kind):
+def test_parity_with_hf_bfloat16(parity_setup, kind, kernels):
   (cfg, params), batches, refs = parity_setup
   batch = batches[kind]
   ref_hidden, ref_pooled = refs[kind]
-  hidden, pooled = _flax_outputs(cfg, params, batch, jnp.bfloat16)
+  hidden, pooled = _flax_outputs(cfg, params, batch, jnp.bfloat16, kernels)
   real = batch["attention_mask"] == 1
   errors = np.abs(hidden[real] - ref_hidden[real])
   scale = float(np.abs(ref_hidden[real]).max())
   hidden_diff, hidden_mean = float(errors.max()), float(errors.mean())
   pooled_diff = float(np.abs(pooled - ref_pooled).max())
-  print(f"\nbfloat16 parity ({kind}, {batch['input_ids'].shape}): hidden max abs diff "
+  print(f"\nbfloat16 parity ({kernels}, {kind}, {batch['input_ids'].shape}): hidden max abs diff "
         f"{hidden_diff:.3g} = {hidden_diff / scale:.2%} of max |hidden| {scale:.3g}, "
         f"mean abs diff {hidden_mean:.3g}; pooler max abs diff {pooled_diff:.3g}")
   # bf16 keeps 8 significant bits: each rounding is off by up to 2^-9 ~ 0.2% relative.
@@ -422,22 +353,57 @@ def test_fused_attention_key_lengths_equal_the_padding_mask(tiny_config):
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
 
 
-def test_attention_impl_is_checked_and_not_saved(tiny_config):
+def test_runtime_fields_are_checked_and_not_saved(tiny_config):
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     tiny_config.replace(attention_impl="flash")
-  assert "attention_impl" not in tiny_config.replace(attention_impl="cudnn").to_hf_dict()
+  with pytest.raises(ValueError, match="kernels='tpu'"):
+    tiny_config.replace(kernels="tpu")
+  d = tiny_config.replace(attention_impl="cudnn", kernels="xla_cpu").to_hf_dict()
+  assert "attention_impl" not in d and "kernels" not in d
 
 
-def test_softmax_matches_jax_values_and_gradients():
-  """The closed-form softmax backward against autodiff of `jax.nn.softmax`, with masked
-  (finfo.min) entries as the attention uses them: float32 rounding only (1e-6)."""
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((4, 6, 16)) * 4, jnp.float32)
-  x = x.at[:, :, 11:].set(jnp.finfo(jnp.float32).min)
-  g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-  ours, vjp = jax.vjp(layers.softmax, x)
-  ref, ref_vjp = jax.vjp(lambda t: jax.nn.softmax(t, axis=-1), x)
-  np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
-  np.testing.assert_allclose(vjp(g)[0], ref_vjp(g)[0], rtol=0,
-                             atol=1e-6 * float(np.abs(ref_vjp(g)[0]).max()))
-  assert float(jnp.abs(ours[:, :, 11:]).max()) == 0.0
+@pytest.mark.parametrize("dtype,tolerance", [
+    # float32: the same function, float32 rounding in another order (GELU through erf
+    # against erfc, a softmax with one reciprocal per row; ~1e-7 of each gradient's scale
+    # measured): 1e-5.
+    (jnp.float32, 1e-5),
+    # bfloat16: both round activations to bf16 after each layer, not at the same points
+    # (xla_cpu keeps float32 sums up to the bias add, GELU's and LayerNorm's results in
+    # float32 longer): a few bf16 steps (2^-8 = 0.4% each) through 2 layers, ~2% measured:
+    # 5% of the scale. A wrong backward formula is off by O(100%).
+    (jnp.bfloat16, 0.05)])
+def test_kernel_sets_give_the_same_gradients(tiny_config, dtype, tolerance):
+  """Outputs and parameter gradients of the encoder with the flax and xla_cpu kernels,
+  dropout off (the two draw different masks): the two implementations of one function.
+  The loss projects hidden states and pooler output on fixed random directions, so every
+  gradient is of order one (a loss such as mean(hidden^2) after LayerNorm is nearly
+  constant and leaves only rounding noise in the gradients)."""
+  ids, mask, types = _batch(tiny_config)
+  rng = np.random.default_rng(5)
+  directions = (jnp.asarray(rng.standard_normal(ids.shape + (32,)), jnp.float32)
+                * mask[..., None], jnp.asarray(rng.standard_normal((3, 32)), jnp.float32))
+  params = model.init_params(tiny_config, jax.random.key(0))
+  results = {}
+  for kernels in KERNELS:
+    bert = model.BertModel(tiny_config.replace(kernels=kernels), dtype=dtype)
+
+    def loss(p, bert=bert):
+      hidden, pooled = bert.apply({"params": p}, ids, mask, types,
+                                  method=model.BertModel.encode_and_pool)
+      return jnp.sum(hidden * directions[0]) + jnp.sum(pooled * directions[1]), hidden
+
+    (_, hidden), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    results[kernels] = (np.asarray(hidden), jax.device_get(grads))
+  (h_flax, g_flax), (h_cpu, g_cpu) = results["flax"], results["xla_cpu"]
+  np.testing.assert_allclose(h_cpu, h_flax, rtol=0, atol=tolerance * np.abs(h_flax).max())
+  # Each leaf against its own scale, floored at 1e-4 of the largest gradient: the key
+  # bias's gradient is zero in exact arithmetic (softmax ignores a constant shift of all
+  # scores), so both sides hold only rounding noise there.
+  floor = 1e-4 * max(float(np.abs(g).max()) for g in jax.tree.leaves(g_flax))
+  for path, a in jax.tree_util.tree_flatten_with_path(g_flax)[0]:
+    b = g_cpu
+    for key in path:
+      b = b[key.key]
+    scale = max(float(np.abs(a).max()), floor)
+    np.testing.assert_allclose(b, a, rtol=0, atol=tolerance * scale,
+                               err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,82 @@
+"""What a run shows and logs: the progress display, TensorBoard event files, the final table.
+
+Everything here writes on host 0 only (process index 0), so a multi-host run prints once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+  """Progress on stderr: a tqdm bar (step, examples/s, losses, ETA), or, with the bar
+  off (`train.progress=False`, e.g. in batch jobs), one log line per metrics pull."""
+
+  def __init__(self, total: int, initial: int, enabled: bool):
+    self.bar = None
+    self.total, self.step, self.start, self.initial = total, initial, time.time(), initial
+    if enabled and jax.process_index() == 0:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step",
+                      file=sys.stderr)
+
+  def update(self, n: int, postfix: dict[str, str]):
+    self.step += n
+    if self.bar is not None:
+      self.bar.set_postfix(postfix, refresh=False)
+      self.bar.update(n)
+    elif jax.process_index() == 0:
+      done = self.step - self.initial
+      eta = (time.time() - self.start) / max(done, 1) * (self.total - self.step)
+      log.info("step %d/%d %s eta %s", self.step, self.total,
+               " ".join(f"{k}={v}" for k, v in postfix.items()),
+               time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+  def write(self, msg: str):
+    if self.bar is not None:
+      self.bar.write(msg)
+    elif jax.process_index() == 0:
+      log.info("%s", msg)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+class Writer:
+  """TensorBoard event files (tensorboardX: no TensorFlow needed) on host 0."""
+
+  def __init__(self, logdir: str):
+    self.writer = None
+    if jax.process_index() != 0:
+      return
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      log.warning("tensorboardX is not installed: no TensorBoard event files")
+      return
+    self.writer = SummaryWriter(logdir)
+
+  def scalars(self, step: int, values: dict[str, float]):
+    if self.writer is not None:
+      for k, v in values.items():
+        self.writer.add_scalar(k, v, step)
+      self.writer.flush()
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+def format_table(metrics: dict[str, float]) -> str:
+  rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, float)]
+  width = max((len(k) for k, _ in rows), default=10)
+  lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+  lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+  return "\n".join(lines)

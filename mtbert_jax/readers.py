@@ -1,0 +1,289 @@
+"""Readers of the course's data files: rows of text and labels, with errors that say where.
+
+The course's files are tab-separated (the NLI triplets and the tweets comma-separated),
+with a header row, text fields possibly quoted (`""` for a literal quote). Readers find
+columns by header name and fail with a `DataError` naming the file and the 1-based line for
+any malformed row; `on_invalid="skip"` skips such rows with a logged warning instead (the
+real `quora-dev.csv` has two rows with an empty label). Nothing here tokenizes or imports
+JAX: `data.py` turns rows into tokenized sets and batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+TWEET_LABELS = {"negative": 0, "neutral": 2, "positive": 4}
+
+_SIMILARITY_MAX = 5.0
+
+_LOG = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+  """A data file that does not have the expected format or contents."""
+
+
+# ---------------------------------------------------------------------------------------
+# Rows read from files.
+
+
+@dataclasses.dataclass
+class SentenceRows:
+  """Single sentences with optional integer labels (None for unlabeled test files)."""
+  ids: list[str]
+  texts: list[str]
+  labels: np.ndarray | None  # int32 [N]
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+
+@dataclasses.dataclass
+class PairRows:
+  """Sentence pairs with optional labels: int32 0/1 (paraphrase) or float32 0..5 (similarity)."""
+  ids: list[str]
+  texts_a: list[str]
+  texts_b: list[str]
+  labels: np.ndarray | None
+
+  def __len__(self) -> int:
+    return len(self.texts_a)
+
+
+@dataclasses.dataclass
+class TripletRows:
+  """NLI triplets: `positive` entails `anchor`, `negative` contradicts it."""
+  anchor: list[str]
+  positive: list[str]
+  negative: list[str]
+
+  def __len__(self) -> int:
+    return len(self.anchor)
+
+
+def _check_on_invalid(on_invalid: str) -> None:
+  if on_invalid not in ("raise", "skip"):
+    raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+
+
+def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Sequence[str],
+                parse_row: Callable[[dict[str, str], str], Any],
+                on_invalid: str) -> list[Any]:
+  """Parses every data row of a delimited file with a header row.
+
+  Args:
+    path: the file.
+    delimiter: field separator ("\\t" or ",").
+    required: column names the header must contain.
+    optional: column names used when present.
+    parse_row: `(fields by column name, location) -> parsed row`; raises `DataError`.
+    on_invalid: "raise" or "skip" (skipped rows are logged as a warning).
+
+  Returns:
+    The parsed rows in file order.
+  """
+  _check_on_invalid(on_invalid)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data file not found: {path}")
+  sep_name = "tab" if delimiter == "\t" else repr(delimiter)
+  rows, skipped = [], []
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+      raise DataError(f"{path}: line 1: expected a header row, the file is empty")
+    names = [name.strip() for name in header]
+    columns = {}
+    for name in list(required) + list(optional):
+      found = [i for i, n in enumerate(names) if n == name]
+      if len(found) > 1:
+        raise DataError(f"{path}: line 1: column {name!r} appears {len(found)} times in the "
+                        f"header {header}")
+      if found:
+        columns[name] = found[0]
+      elif name in required:
+        raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
+                        f"(expected columns {list(required)}, {sep_name}-separated)")
+    for fields in reader:
+      if not fields:
+        continue  # A blank line holds no row.
+      where = f"{path}: line {reader.line_num}"
+      try:
+        if len(fields) != len(header):
+          raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
+                          f"the header, got {len(fields)}")
+        rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
+      except DataError as e:
+        if on_invalid == "raise":
+          raise DataError(f"{e} (on_invalid='skip' skips such rows with a warning)") from None
+        skipped.append(str(e))
+  if skipped:
+    _LOG.warning("%s: skipped %d invalid row(s) of %d: %s", path, len(skipped),
+                    len(skipped) + len(rows), "; ".join(skipped[:5]))
+  return rows
+
+
+def _text(fields: dict[str, str], name: str, where: str) -> str:
+  """The stripped field `name`, which must not be blank (texts and ids)."""
+  text = fields[name].strip()
+  if not text:
+    raise DataError(f"{where}: column {name!r} is empty, expected a non-empty value")
+  return text
+
+
+def _number(fields: dict[str, str], name: str, where: str) -> float:
+  value = fields[name].strip()
+  try:
+    number = float(value)
+  except ValueError:
+    raise DataError(f"{where}: column {name!r} is {value!r}, expected a number") from None
+  if not math.isfinite(number):
+    raise DataError(f"{where}: column {name!r} is {value!r}, expected a finite number")
+  return number
+
+
+def _class_label(fields: dict[str, str], name: str, where: str, num_classes: int) -> int:
+  number = _number(fields, name, where)
+  if number != int(number) or not 0 <= number < num_classes:
+    raise DataError(f"{where}: column {name!r} is {fields[name].strip()!r}, expected an "
+                    f"integer class in 0..{num_classes - 1}")
+  return int(number)
+
+
+def _labels_or_none(values: list[Any], path: str, dtype: Any) -> np.ndarray | None:
+  """Labels as an array; None when the label column is absent or empty in every row."""
+  if all(v is None for v in values):
+    return None
+  missing = [i for i, v in enumerate(values) if v is None]
+  if missing:  # Cannot happen: a partly empty label column fails row by row.
+    raise DataError(f"{path}: {len(missing)} rows lack a label while others have one")
+  return np.asarray(values, dtype)
+
+
+def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | None = None,
+                   on_invalid: str = "raise") -> SentenceRows:
+  """Reads a course sentiment file (columns `id`, `sentence`, optional `sentiment`).
+
+  Args:
+    path: tab-separated file (SST: 5 classes; CFIMDB: `num_classes=2`).
+    num_classes: labels must be integers in `0..num_classes-1`.
+    label_map: remaps every label (each must be a key), e.g. `{0: 0, 1: 4}` to mix
+      CFIMDB into SST-5.
+    on_invalid: "raise" a `DataError` on a bad row, or "skip" it with a logged warning.
+
+  Returns:
+    `SentenceRows`; `labels` is None when the file has no (or an all-empty) label column.
+  """
+
+  def parse(fields: dict[str, str], where: str) -> tuple[str, str, int | None]:
+    label = None
+    if "sentiment" in fields and (fields["sentiment"].strip() or not all_empty_ok):
+      label = _class_label(fields, "sentiment", where, num_classes)
+      if label_map is not None:
+        if label not in label_map:
+          raise DataError(f"{where}: label {label} is not a key of label_map {label_map}")
+        label = label_map[label]
+    return _text(fields, "id", where), _text(fields, "sentence", where), label
+
+  all_empty_ok = _label_column_all_empty(path, "\t", "sentiment")
+  rows = _read_table(path, "\t", ["id", "sentence"], ["sentiment"], parse, on_invalid)
+  return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
+                      labels=_labels_or_none([r[2] for r in rows], path, np.int32))
+
+
+def read_pairs(path: str, task: str, on_invalid: str = "raise") -> PairRows:
+  """Reads a course pair file (`id`, `sentence1`, `sentence2`, optional label column).
+
+  Args:
+    path: tab-separated file.
+    task: "paraphrase" (label column `is_duplicate`, "0.0"/"1.0", int32) or "similarity"
+      (label column `similarity`, 0..5, float32).
+    on_invalid: "raise" a `DataError` on a bad row, or "skip" it with a logged warning.
+
+  Returns:
+    `PairRows`; `labels` is None when the file has no (or an all-empty) label column.
+  """
+  if task == "paraphrase":
+    label_column = "is_duplicate"
+  elif task == "similarity":
+    label_column = "similarity"
+  else:
+    raise ValueError(f"task must be 'paraphrase' or 'similarity', got {task!r}")
+
+  def parse(fields: dict[str, str], where: str) -> tuple[str, str, str, float | None]:
+    label = None
+    if label_column in fields and (fields[label_column].strip() or not all_empty_ok):
+      if task == "paraphrase":
+        label = _class_label(fields, label_column, where, 2)
+      else:
+        label = _number(fields, label_column, where)
+        if not 0.0 <= label <= _SIMILARITY_MAX:
+          raise DataError(f"{where}: column {label_column!r} is {fields[label_column].strip()!r},"
+                          f" expected a similarity in [0, {_SIMILARITY_MAX:g}]")
+    return (_text(fields, "id", where), _text(fields, "sentence1", where),
+            _text(fields, "sentence2", where), label)
+
+  all_empty_ok = _label_column_all_empty(path, "\t", label_column)
+  rows = _read_table(path, "\t", ["id", "sentence1", "sentence2"], [label_column], parse,
+                        on_invalid)
+  dtype = np.int32 if task == "paraphrase" else np.float32
+  return PairRows(ids=[r[0] for r in rows], texts_a=[r[1] for r in rows],
+                  texts_b=[r[2] for r in rows],
+                  labels=_labels_or_none([r[3] for r in rows], path, dtype))
+
+
+def read_triplets(path: str, on_invalid: str = "raise") -> TripletRows:
+  """Reads the comma-separated SimCSE NLI file (columns `sent0`, `sent1`, `hard_neg`)."""
+
+  def parse(fields: dict[str, str], where: str) -> tuple[str, str, str]:
+    return (_text(fields, "sent0", where), _text(fields, "sent1", where),
+            _text(fields, "hard_neg", where))
+
+  rows = _read_table(path, ",", ["sent0", "sent1", "hard_neg"], [], parse, on_invalid)
+  return TripletRows(anchor=[r[0] for r in rows], positive=[r[1] for r in rows],
+                     negative=[r[2] for r in rows])
+
+
+def read_tweets(path: str, on_invalid: str = "raise") -> SentenceRows:
+  """Reads the comma-separated tweets (`textID`, `text`, `sentiment`): labels 0/2/4."""
+
+  def parse(fields: dict[str, str], where: str) -> tuple[str, str, int]:
+    value = fields["sentiment"].strip().lower()
+    if value not in TWEET_LABELS:
+      raise DataError(f"{where}: column 'sentiment' is {fields['sentiment']!r}, expected one "
+                      f"of {sorted(TWEET_LABELS)}")
+    return _text(fields, "textID", where), _text(fields, "text", where), TWEET_LABELS[value]
+
+  rows = _read_table(path, ",", ["textID", "text", "sentiment"], [], parse, on_invalid)
+  return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
+                      labels=np.asarray([r[2] for r in rows], np.int32))
+
+
+def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:
+  """Whether `name` is a header column that is blank in every row (an unlabeled file).
+
+  A test file may carry an empty label column; it then reads as unlabeled rather than
+  failing on every row. A column that is blank in only some rows is an error per row.
+  """
+  if not os.path.isfile(path):
+    return False
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f, delimiter=delimiter)
+    header = [n.strip() for n in next(reader, [])]
+    if name not in header:
+      return False
+    column = header.index(name)
+    seen = False
+    for fields in reader:
+      if fields and len(fields) == len(header):
+        seen = True
+        if fields[column].strip():
+          return False
+    return seen
