@@ -1,0 +1,217 @@
+"""The results protocol: rows x seeds of `configs/protocol.py`, mean and spread, the tables.
+
+  python -m mtbert_jax.results --rows=quick,full --seeds=0,1,2
+  python -m mtbert_jax.results --rows=ablation/baseline,ablation/smart --seeds=0,1 \\
+      --group=ablation
+  python -m mtbert_jax.results --tables_only        # rewrite docs/results.* from the runs
+
+Each (row, seed) trains as its own process, the command a user would run:
+`python launch.py --config=configs/protocol.py:ROW --workdir=WORKDIR/ROW/seedK
+--config.seed=K`; a finished run (its `metrics.json` and `run.json`) is read back, not
+repeated, and a run that was stopped resumes from its checkpoint. Then
+`docs/results.json` gets every finished run's dev metrics per row (mean, standard
+deviation over seeds, the seeds' values), the single-task baselines
+(`benchmarks/single_task_baselines.py`'s JSON) under "baselines", and `docs/results.md`
+the tables, grouped as the rows were (`--group`), with each row's description.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+_ROWS = flags.DEFINE_list("rows", [], "rows of configs/protocol.py (recipes, ablation/<row>)")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every row")
+_GROUP = flags.DEFINE_string("group", "recipes", "table the rows belong to in docs/results.md")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/results", "folder of the runs")
+_OUT = flags.DEFINE_string("out", "docs/results", "writes OUT.json and OUT.md")
+_BASELINES = flags.DEFINE_string("baselines", "docs/baselines.json",
+                                 "benchmarks/single_task_baselines.py's output")
+_SET = flags.DEFINE_multi_string("set", [], "extra --config.X=Y flags for every run")
+_TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "only rewrite the tables")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
+           ("dev/sts_pearson", "STS r"), ("dev/average", "average"))
+BASELINE_TASKS = {"sst": "dev/sst_acc", "para": "dev/para_acc", "sts": "dev/sts_pearson"}
+
+
+def run_dir(workdir: str, row: str, seed: int) -> str:
+  return os.path.join(workdir, row.replace("/", "__"), f"seed{seed}")
+
+
+def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
+  """Trains (row, seed) in a subprocess unless it finished already; its run.json."""
+  out = run_dir(workdir, row, seed)
+  record = os.path.join(out, "run.json")
+  if os.path.isfile(record):
+    with open(record, encoding="utf-8") as f:
+      return json.load(f)
+  os.makedirs(out, exist_ok=True)
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs', 'protocol.py')}:{row}",
+         f"--workdir={out}", f"--config.seed={seed}", "--config.train.progress=false",
+         *[f"--config.{s}" for s in extra]]
+  start = time.time()
+  with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"row {row} seed {seed} failed (exit {proc.returncode}); see "
+                       f"{os.path.join(out, 'log.txt')}")
+  with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+    metrics = json.load(f)
+  result = {"row": row, "seed": seed, "metrics": metrics, "seconds": time.time() - start,
+            "command": " ".join(cmd[1:]), "extra": extra,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+  tmp = record + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  os.replace(tmp, record)
+  return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+  """Per metric: mean, sample standard deviation (ddof 1; 0 for one seed), the values."""
+  out = {}
+  for key, _ in METRICS:
+    values = [r["metrics"][key] for r in runs if key in r["metrics"]]
+    out[key] = {"mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "seeds": values}
+  out["seeds"] = [r["seed"] for r in runs]
+  out["minutes_per_run"] = float(np.mean([r["seconds"] for r in runs]) / 60)
+  return out
+
+
+def row_description(row: str) -> str:
+  sys.path.insert(0, REPO)
+  from configs import protocol  # pylint: disable=import-outside-toplevel
+  if row.startswith("ablation/"):
+    return f"`configs/ablation.py:{row.split('/', 1)[1]}` at the protocol budget"
+  fn = protocol.RECIPES.get(row)
+  doc = (fn.__doc__ or "").strip().split("\n\n")[0] if fn is not None else ""
+  if row == "full":
+    doc = f"= `{protocol.FULL}` (configs/full.py)"
+  return " ".join(doc.split())
+
+
+def _cell(stats: dict | None) -> str:
+  if stats is None:
+    return "-"
+  if len(stats["seeds"]) > 1:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+  return f"{stats['mean']:.3f}"
+
+
+def markdown(results: dict) -> str:
+  lines = ["<!-- Written by `python -m mtbert_jax.results`; edit docs/results_notes.md, "
+           "not this file. -->", "# Results", ""]
+  notes = os.path.join(REPO, "docs", "results_notes.md")
+  if os.path.isfile(notes):
+    with open(notes, encoding="utf-8") as f:
+      lines += [f.read().strip(), ""]
+  base = results.get("baselines")
+  if base:
+    lines += ["## Single-task baselines (HF PyTorch, float32)", "",
+              f"`{base.get('command', '')}`; {base.get('machine', '')}; {base.get('date', '')}.",
+              "", "| baseline | metric | dev, mean ± std | seeds | steps of 32 |", "|---|---|---|---|---|"]
+    for task, t in base["tasks"].items():
+      steps = t["runs"][0]["steps"]
+      lines.append(f"| {task} | {t['metric']} | {_cell(t)} | {len(t['seeds'])} | {steps} |")
+    lines.append("")
+  for group, rows in results["groups"].items():
+    lines += [f"## {group}", "",
+              "| row | " + " | ".join(name for _, name in METRICS)
+              + " | seeds | min/run | what |", "|" + "---|" * (len(METRICS) + 4)]
+    for row in rows:
+      r = results["rows"][row]
+      cells = [_cell(r.get(key)) for key, _ in METRICS]
+      lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(r['seeds'])} | "
+                   f"{r['minutes_per_run']:.0f} | {r['description']} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def collect(workdir: str, previous: dict) -> dict:
+  """Every finished run under `workdir`, aggregated per row; groups kept from `previous`."""
+  rows: dict[str, list[dict]] = {}
+  if os.path.isdir(workdir):
+    for name in sorted(os.listdir(workdir)):
+      if not os.path.isdir(os.path.join(workdir, name)):
+        continue
+      for seed_dir in sorted(os.listdir(os.path.join(workdir, name))):
+        record = os.path.join(workdir, name, seed_dir, "run.json")
+        if os.path.isfile(record):
+          with open(record, encoding="utf-8") as f:
+            run = json.load(f)
+          rows.setdefault(run["row"], []).append(run)
+  out = {"protocol": "configs/protocol.py", "rows": {}, "groups": previous.get("groups", {})}
+  for row, runs in rows.items():
+    out["rows"][row] = dict(aggregate(sorted(runs, key=lambda r: r["seed"])),
+                            description=row_description(row),
+                            commands=[r["command"] for r in runs],
+                            finished=[r["finished"] for r in runs],
+                            machine=runs[0]["machine"])
+  return out
+
+
+def write(out: str, results: dict) -> None:
+  for path, text in ((out + ".json", json.dumps(results, indent=2)),
+                     (out + ".md", markdown(results))):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv):
+  del argv
+  out = _OUT.value
+  previous = {}
+  if os.path.isfile(out + ".json"):
+    with open(out + ".json", encoding="utf-8") as f:
+      previous = json.load(f)
+  if not _TABLES_ONLY.value:
+    for row in _ROWS.value:
+      groups = previous.setdefault("groups", {})
+      for rows in groups.values():
+        if row in rows:
+          rows.remove(row)
+      groups.setdefault(_GROUP.value, []).append(row)
+      for seed in _SEEDS.value:
+        result = run_one(_WORKDIR.value, row, int(seed), _SET.value)
+        print(f"{row} seed {seed}: " + ", ".join(
+            f"{k}={result['metrics'][k]:.4f}" for k, _ in METRICS), flush=True)
+        # The tables after every run, so a long invocation shows what it has so far.
+        results = collect(_WORKDIR.value, previous)
+        results["baselines"] = _read_baselines()
+        write(out, results)
+  results = collect(_WORKDIR.value, previous)
+  results["groups"] = {g: [r for r in rows if r in results["rows"]]
+                       for g, rows in results["groups"].items()}
+  results["baselines"] = _read_baselines()
+  write(out, results)
+  print(markdown(results))
+
+
+def _read_baselines() -> dict | None:
+  if not os.path.isfile(_BASELINES.value):
+    return None
+  with open(_BASELINES.value, encoding="utf-8") as f:
+    return json.load(f)
+
+
+if __name__ == "__main__":
+  app.run(main)
