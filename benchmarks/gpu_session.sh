@@ -2,9 +2,8 @@
 # Every GPU measurement of docs/performance.md, prepared in two parts (device time is short).
 # Each phase streams to $OUT (tee), so a phase stopped by its timeout still returns what it
 # printed; the benchmark prints a line per runner as soon as it is ready and per round.
-# The 2026-11-26 run of an earlier version got no figure (docs/performance.md, GPU section),
-# with the CPU malloc settings then applied on GPU too (now CPU-only): the first phase times
-# one small JAX step alone, so a stall shows before the long phases start.
+# The first phase times one small JAX step alone, so a stall shows before the long phases
+# start (docs/performance.md, GPU section).
 # Expects, beside the checkout (git-ignored, carried): .whl/ (ml_collections, tensorboardX
 # wheels), .devdata/data.tgz (the course data) and .devdata/ckpt (all-MiniLM-L6-v2 in
 # float16 safetensors + config/vocab/pooling files), all made by
@@ -37,9 +36,9 @@ timeout 120 python3 benchmarks/train_step.py --model=minilm --batch=64 --seq=128
 stamp "bench bert-base"
 timeout 220 python3 benchmarks/train_step.py --model=bert-base --batch=256 --seq=128 \
   --dtype=bfloat16 --variants=project,smart_k1,simcse_unsup 2>&1 | tee "$OUT/bench_bert_base.txt" | grep -v -i warn
-stamp "bench minilm"
+stamp "bench minilm: kernels auto (= flax on GPU) and xla_cpu"
 timeout 130 python3 benchmarks/train_step.py --model=minilm --batch=256 --seq=128 \
-  --dtype=bfloat16 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
+  --dtype=bfloat16 --variants=project,xla_cpu 2>&1 | tee "$OUT/bench_minilm.txt" | grep -v -i warn
 fi
 
 if [ "$PART" = extra ]; then
