@@ -4,6 +4,12 @@
   python launch.py --config=configs/quick.py --workdir=runs/quick --mode=eval
   python launch.py --config=configs/full.py --workdir=runs/full --config.train.num_steps=3000
 
+Modes: train (train or resume, then evaluate the best checkpoint on dev and write the
+prediction files), eval (restore the best checkpoint: dev metrics, metrics.json and
+prediction files), predict (restore the best checkpoint: prediction files only, no scoring).
+Any config field can be set with --config.GROUP.FIELD=VALUE; configs/base.py lists every
+field with its meaning (the list is also at the end of --help).
+
 Multi-host: run the same command on every host with --multihost (JAX reads the coordinator
 address, process count and id from the cluster environment: SLURM, TPU, or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
@@ -12,6 +18,9 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
 import logging
 import os
 import sys
+import time
+
+_START = time.time()
 
 from mtbert_jax import runtime
 
@@ -30,37 +39,98 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                           "dev metrics + predictions | predict: predictions only")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "call jax.distributed.initialize() before anything else")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str, code: int = 2):
+  """One line (or one short block) on stderr and exit: no traceback for a user's mistake."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a config field that does not exist reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError):  # ml_collections: a field missing from a locked config
+    from configs import base  # pylint: disable=import-outside-toplevel
+    from mtbert_jax import settings  # pylint: disable=import-outside-toplevel
+    known = base.get_config().to_dict()
+    for arg in argv[1:]:
+      if not arg.startswith("--config."):
+        continue
+      path = arg.split("=", 1)[0].removeprefix("--config.")
+      node, parts = known, path.split(".")
+      for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+          _fail(settings.unknown_field_message(".".join(parts[:i + 1]),
+                                               node if isinstance(node, dict) else {}))
+        node = node[part]
+    raise
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
+def _help() -> str:
+  """The module docstring, the flags, and every config field of configs/base.py."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  lines = [__doc__.strip(), "", "Flags:",
+           "  --config=FILE[:ARG]   the experiment config (required)",
+           "  --workdir=DIR         the run's folder (required)",
+           "  --mode=train|eval|predict   (default train)",
+           "  --multihost           initialise JAX's multi-process runtime first", "",
+           "Config fields (configs/base.py; set with --config.GROUP.FIELD=VALUE):"]
+  with open(os.path.join(here, "configs", "base.py"), encoding="utf-8") as f:
+    for line in f:
+      stripped = line.strip()
+      if stripped.startswith("# --"):
+        lines.append("  " + stripped.strip("# -").strip())
+      elif stripped.startswith("c.") and "ConfigDict()" not in stripped:
+        lines.append("    " + stripped[2:])
+      elif stripped.startswith("#") and lines[-1].startswith("    "):
+        lines.append("    " + " " * 30 + stripped)
+  return "\n".join(lines)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]} (flags are written --name=value)")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail("--config and --workdir are required, e.g. python launch.py "
+          "--config=configs/quick.py --workdir=runs/quick (python launch.py --help)")
   runtime.quiet_library_logs()
   import jax  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import settings  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import checkpoint, console, evaluate, readers, settings, train, workdir
   if _MULTIHOST.value:
     jax.distributed.initialize()
-  s = settings.from_dict(_CONFIG.value.to_dict())  # the config crosses into typed settings
-  if s.jax_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import console, evaluate, train
-  logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
-               jax.process_count())
-  workdir = os.path.abspath(_WORKDIR.value)
-  if _MODE.value == "train":
-    metrics = train.train_and_evaluate(s, workdir)
-  else:
-    metrics = evaluate.evaluate_workdir(workdir, s, write_metrics=_MODE.value == "eval")
+  user_errors = (settings.ConfigError, workdir.WorkdirError, checkpoint.CheckpointError,
+                 readers.DataError, train.TrainingStopped, FileNotFoundError,
+                 IsADirectoryError)
+  try:
+    s = settings.from_dict(_CONFIG.value.to_dict())  # the config crosses into typed settings
+    if s.jax_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+                 jax.process_count())
+    if _MODE.value == "train":
+      metrics = train.train_and_evaluate(s, _WORKDIR.value)
+    else:
+      metrics = evaluate.evaluate_workdir(_WORKDIR.value, s, score=_MODE.value == "eval")
+  except user_errors as e:
+    _fail(str(e), 1)
   if jax.process_index() == 0:
-    print(console.format_table({k: v for k, v in metrics.items() if k != "step"}))
-    print(f"best step: {metrics.get('step')}; metrics: {os.path.join(workdir, 'metrics.json')}; "
-          f"predictions: {os.path.join(workdir, 'predictions')}")
+    scores = {k: v for k, v in metrics.items() if k != "step"}
+    if scores:
+      print(console.format_table(scores))
+    print(console.written_files(os.path.abspath(_WORKDIR.value), since=_START,
+                                step=metrics.get("step")))
 
 
 if __name__ == "__main__":
+  if any(a in ("--help", "-h", "--helpfull", "-?") for a in sys.argv[1:]):
+    print(_help())
+    sys.exit(0)
   logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

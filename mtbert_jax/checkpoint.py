@@ -7,14 +7,15 @@ checkpoint holds only the parameters and the dev metrics that made it best. Orba
 step to a temporary folder and renames it when complete, so a run killed mid-save leaves the
 previous checkpoint intact.
 
-The workdir's other files written by more than one mode live here too, below both the
-training loop and evaluation: `config.json` (the run's settings), atomic JSON writes, and
-restoring the best parameters into the configured model.
+A step that does not restore (a truncated or missing file) is reported in one line, and
+the newest intact step before it is used instead, saying so; with none left the error says
+what to do. `restore_best_params` (shared by the end of training, eval mode and
+`Predictor`) restores the best parameters into the configured model.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from typing import Any
 
@@ -26,12 +27,24 @@ from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
 
+log = logging.getLogger(__name__)
+
 RESUME_DIR = "checkpoints"
 BEST_DIR = "best"
 
 
-def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+class CheckpointError(RuntimeError):
+  """No intact checkpoint to restore where one was expected."""
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  first = next((line.strip() for line in text if line.strip()), "")
+  return f"{type(e).__name__}: {first[:300]}"
+
+
+def _manager(directory: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "meta"))
@@ -47,10 +60,10 @@ def _abstract(tree: Any) -> Any:
 class Checkpoints:
   """The two checkpoint series of a workdir."""
 
-  def __init__(self, workdir: str, keep: int = 1):
+  def __init__(self, workdir: str, keep: int = 1, create: bool = True):
     self.workdir = workdir
-    self.resume = _manager(os.path.join(workdir, RESUME_DIR), keep)
-    self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
+    self.resume = _manager(os.path.join(workdir, RESUME_DIR), keep, create)
+    self.best = _manager(os.path.join(workdir, BEST_DIR), 1, create)
 
   def latest_step(self) -> int | None:
     return self.resume.latest_step()
@@ -62,11 +75,29 @@ class Checkpoints:
                                                    meta=ocp.args.JsonSave(meta)), force=True)
     self.resume.wait_until_finished()
 
-  def restore_resume(self, state_like: Any, step: int | None = None) -> tuple[Any, dict]:
-    step = self.resume.latest_step() if step is None else step
-    restored = self.resume.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+  def restore_resume(self, state_like: Any) -> tuple[Any, dict]:
+    """The newest resumable step that restores, and its meta; a broken newer step is
+    reported and skipped (`ckpt.keep` > 1 keeps earlier ones to fall back on)."""
+    steps = sorted(self.resume.all_steps(), reverse=True)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)),
+                              meta=ocp.args.JsonRestore())
+    broken = []
+    for step in steps:
+      try:
+        restored = self.resume.restore(step, args=args)
+      except Exception as e:  # orbax/TensorStore raise many types; each is reported
+        broken.append(step)
+        log.warning("checkpoint %s/%d does not restore (%s)%s", self.resume.directory, step,
+                    _first_line(e), "; trying the step before it" if step != steps[-1] else "")
+        continue
+      if broken:
+        log.warning("resuming from step %d instead of the broken step(s) %s", step, broken)
+      return restored["state"], restored["meta"]
+    raise CheckpointError(
+        f"no resumable checkpoint in {self.resume.directory} restores (steps {broken} are "
+        "broken, see the warnings above). Start over in a new --workdir, or delete the broken "
+        f"step folders (e.g. rm -r {os.path.join(str(self.resume.directory), str(steps[0]))}) "
+        "to retrain from the step before them or from the start.")
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
     if step in self.best.all_steps():  # re-reached after a resume from an earlier checkpoint
@@ -81,10 +112,20 @@ class Checkpoints:
   def restore_best(self, params_like: Any) -> tuple[Any, dict]:
     step = self.best.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no best checkpoint in {os.path.join(self.workdir, BEST_DIR)}: "
-                              "train first (python launch.py --mode=train ...)")
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
+      raise CheckpointError(f"no best checkpoint in {os.path.join(self.workdir, BEST_DIR)}: "
+                            "train first (python launch.py --mode=train ...)")
+    try:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
+    except ValueError as e:
+      if "structure" in str(e).lower() or "shape" in str(e).lower():
+        raise  # a checkpoint of another model: restore_best_params names it
+      raise CheckpointError(f"the best checkpoint {self.best.directory}/{step} does not "
+                            f"restore ({_first_line(e)})") from e
+    except Exception as e:  # orbax/TensorStore raise many types
+      raise CheckpointError(f"the best checkpoint {self.best.directory}/{step} does not "
+                            f"restore ({_first_line(e)}); retrain, or restore the files of "
+                            "that folder") from e
     return restored["state"], restored["meta"]
 
   def read_best_meta(self) -> dict | None:
@@ -99,38 +140,7 @@ class Checkpoints:
 
 
 # ------------------------------------------------------------------------------------------
-# Workdir files.
-
-CONFIG_FILE = "config.json"
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON to a temporary file, then renames it: no reader sees half a file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def save_settings(workdir: str, s: settings_lib.Settings) -> None:
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, CONFIG_FILE), settings_lib.to_dict(s))
-
-
-def load_settings(workdir: str) -> settings_lib.Settings:
-  """The settings a workdir was trained with (its config.json)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
-  with open(path, encoding="utf-8") as f:
-    try:
-      d = json.load(f)
-    except json.JSONDecodeError as e:
-      raise settings_lib.ConfigError(f"{path}: not valid JSON ({e})") from e
-  try:
-    return settings_lib.from_dict(d)
-  except settings_lib.ConfigError as e:
-    raise settings_lib.ConfigError(f"{path}: {e}") from e
+# The best parameters of a workdir.
 
 
 def restore_best_params(s: settings_lib.Settings, workdir: str):
@@ -139,7 +149,7 @@ def restore_best_params(s: settings_lib.Settings, workdir: str):
   tok = experiment.tokenizer(s)
   like = jax.eval_shape(lambda: heads_lib.init_params(mt_model, jax.random.key(0)))
   like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), like)
-  ckpts = Checkpoints(workdir)
+  ckpts = Checkpoints(workdir, create=False)
   try:
     params, _ = ckpts.restore_best(like)
   except ValueError as e:

@@ -6,6 +6,7 @@ Everything here writes on host 0 only (process index 0), so a multi-host run pri
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -79,4 +80,29 @@ def format_table(metrics: dict[str, float]) -> str:
   width = max((len(k) for k, _ in rows), default=10)
   lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
   lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+  return "\n".join(lines)
+
+
+# What a run writes, in the order a user looks for it.
+_OUTPUTS = ("metrics.json", "predictions", "hf_encoder", "best", "checkpoints", "tensorboard",
+            "train_stats.json", "config.json")
+
+
+def written_files(workdir: str, since: float, step: int | None = None) -> str:
+  """The lines that end a run: what it wrote (or updated) in `workdir` since `since`."""
+  lines = [f"best step {step}; wrote in {workdir}:" if step is not None else
+           f"wrote in {workdir}:"]
+  for name in _OUTPUTS:
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+      continue
+    if os.path.isdir(path):
+      files = sorted(f for f in os.listdir(path)
+                     if os.path.getmtime(os.path.join(path, f)) >= since - 1)
+      if files:
+        shown = ", ".join(files[:6]) + (f", ... ({len(files) - 6} more)" if len(files) > 6
+                                         else "")
+        lines.append(f"  {name}/  {shown}")
+    elif os.path.getmtime(path) >= since - 1:
+      lines.append(f"  {name}")
   return "\n".join(lines)

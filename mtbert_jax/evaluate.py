@@ -23,8 +23,10 @@ from mtbert_jax import data as data_lib
 from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import objective
+from mtbert_jax import settings as settings_lib
 from mtbert_jax import sharding
 from mtbert_jax import tasks as tasks_lib
+from mtbert_jax import workdir as workdir_lib
 from mtbert_jax.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,10 +126,11 @@ def write_split_predictions(pred_dir: str, split: str,
 
 
 def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
-                         sharder: sharding.Sharder, step: int, write_metrics: bool = True,
+                         sharder: sharding.Sharder, step: int, score: bool = True,
                          dev_results: tuple | None = None,
                          predict_fns: dict | None = None) -> dict[str, float]:
-  """Dev metrics of `params`, `metrics.json` (`write_metrics`), and the prediction files.
+  """With `score`: dev metrics of `params` into `metrics.json`, and the dev and test
+  prediction files; without (predict mode): the test prediction files only, no metrics.
 
   `dev_results`: (scores, predictions) already computed for exactly these params on the
   full dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
@@ -137,74 +140,151 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")
-  for split in ("dev", "test"):
+  for split in ("dev", "test") if score else ("test",):
     sets = experiment.eval_sets(s, tok, split)
     if split == "dev" and dev_results is not None:
       scores, preds = dev_results
     else:
-      log.info("evaluating the %s sets: %s", split,
+      log.info("%s the %s sets: %s", "evaluating" if split == "dev" else "predicting", split,
                [t for t in tasks_lib.EVAL_TASKS if sets[t] is not None])
       scores, preds = evaluate_split(predict_fns, params, sets, s.eval.batch_size,
                                      s.eval_buckets, sharder)
     if split == "dev":
       metrics.update(tasks_lib.summarize(scores))
-    if s.eval.write_predictions and jax.process_index() == 0:
+    if (s.eval.write_predictions or not score) and jax.process_index() == 0:
       write_split_predictions(pred_dir, split, sets, preds)
-  if write_metrics and jax.process_index() == 0:
-    ckpt_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
+  if score and jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
   return metrics
 
 
 def evaluate_workdir(workdir: str, s: Settings | None = None,
-                     write_metrics: bool = True) -> dict[str, float]:
-  """`--mode=eval` (metrics.json + predictions) / `predict` (predictions only) of the best
-  checkpoint; the data files are those of `s` (default: the training run's)."""
-  s = s or ckpt_lib.load_settings(workdir)
-  mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
-  sharder = sharding.Sharder(sharding.make_mesh())
-  ckpts = ckpt_lib.Checkpoints(workdir)
-  step = ckpts.best_step()
-  ckpts.close()
-  return evaluate_and_predict(s, workdir, mt_model, sharder.replicate(params), tok, sharder,
-                              step, write_metrics)
+                     score: bool = True) -> dict[str, float]:
+  """`--mode=eval` (dev metrics, metrics.json, dev and test predictions) or, without
+  `score`, `--mode=predict` (test predictions only) of the best checkpoint. The data files
+  are those of `s` (default: the training run's); `s` must agree with the trained settings
+  in every field that changes the model or its inputs (`workdir.FREE["eval"]` lists what
+  may differ)."""
+  workdir = workdir_lib.prepare(workdir, create=False)
+  with workdir_lib.lock(workdir, "eval" if score else "predict"):
+    if s is None:
+      s = workdir_lib.load_settings(workdir)
+    else:
+      workdir_lib.check_contract(workdir, s, "eval")
+    if not score and not any(getattr(s.data, f"{t}_test") for t in tasks_lib.EVAL_TASKS):
+      raise settings_lib.ConfigError("--mode=predict writes the test sets' predictions, and "
+                                     "no --config.data.*_test file is configured")
+    mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+    sharder = sharding.Sharder(sharding.make_mesh())
+    ckpts = ckpt_lib.Checkpoints(workdir, create=False)
+    step = ckpts.best_step()
+    ckpts.close()
+    return evaluate_and_predict(s, workdir, mt_model, sharder.replicate(params), tok,
+                                sharder, step, score)
+
+
+def _texts(value: Any, what: str) -> list[str]:
+  """`value` as a list of strings, or a TypeError saying what was expected."""
+  if isinstance(value, str):
+    raise TypeError(f"{what}: expected a list of strings, got one string {value[:40]!r} "
+                    "(wrap it in a list: [text])")
+  try:
+    items = list(value)
+  except TypeError:
+    raise TypeError(f"{what}: expected a list of strings, got {type(value).__name__}") from None
+  for i, item in enumerate(items):
+    if not isinstance(item, str):
+      raise TypeError(f"{what}: item {i} is a {type(item).__name__}, expected a string")
+  return items
+
+
+def _pairs(value: Any, what: str) -> tuple[list[str], list[str]]:
+  """`value` as two lists of strings (a list of (a, b) pairs), or a clear error."""
+  if isinstance(value, str):
+    raise TypeError(f"{what}: expected a list of (sentence, sentence) pairs, got a string")
+  if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+    raise TypeError(f"{what}: expected a list of pairs, got one pair {value!r} (wrap it in a "
+                    "list: [(a, b)])")
+  try:
+    items = list(value)
+  except TypeError:
+    raise TypeError(f"{what}: expected a list of pairs, got {type(value).__name__}") from None
+  a, b = [], []
+  for i, item in enumerate(items):
+    if isinstance(item, str) or not isinstance(item, (tuple, list)) or len(item) != 2:
+      raise ValueError(f"{what}: item {i} is {item!r}, expected a pair (sentence, sentence)")
+    if not all(isinstance(t, str) for t in item):
+      raise TypeError(f"{what}: item {i} holds a {type(item[0]).__name__} and a "
+                      f"{type(item[1]).__name__}, expected two strings")
+    a.append(item[0])
+    b.append(item[1])
+  return a, b
 
 
 class Predictor:
   """Inference with the best checkpoint of a workdir.
 
       p = Predictor.from_workdir("runs/quick")
-      p.sentiment(["A gorgeous film ."])          # -> array of classes 0..4
-      p.paraphrase([("How old are you?", "What is your age?")])  # -> array of 0/1
-      p.similarity([("A man plays.", "A man is playing.")])      # -> array of 0..5 scores
+      p.sentiment(["A gorgeous film ."])                         # classes 0..4
+      p.sentiment_probabilities(["A gorgeous film ."])           # [N, 5], rows sum to 1
+      p.paraphrase([("How old are you?", "What is your age?")])  # 0/1
+      p.paraphrase_probability([("How old are you?", "What is your age?")])  # in [0, 1]
+      p.similarity([("A man plays.", "A man is playing.")])      # 0..5 scores
+
+  Inputs are lists (a bare string or pair is refused with a TypeError); an empty list gives
+  an empty array.
   """
 
   def __init__(self, mt_model, params, tokenizer, max_length: int, buckets: Sequence[int],
                batch_size: int = 64):
     self.model, self.params, self.tokenizer = mt_model, params, tokenizer
     self.max_length, self.buckets, self.batch_size = max_length, tuple(buckets), batch_size
-    self._fns = make_predict_fns(mt_model)
+    self._outputs = make_output_fns(mt_model)
 
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> "Predictor":
-    s = ckpt_lib.load_settings(workdir)
+    s = workdir_lib.load_settings(workdir_lib.prepare(workdir, create=False))
     mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
     return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size)
 
-  def _run(self, task: str, tokset: data_lib.TokenizedSet) -> np.ndarray:
-    return predict(self._fns[task], self.params, tokset, self.batch_size, self.buckets)
+  def _output(self, task: str, tokset: data_lib.TokenizedSet) -> np.ndarray:
+    if not len(tokset):
+      return np.zeros((0, 5) if task == "sst" else (0,), np.float32)
+    return predict(self._outputs[task], self.params, tokset, self.batch_size, self.buckets)
 
-  def sentiment(self, sentences: Sequence[str]) -> np.ndarray:
-    rows = data_lib.SentenceRows([str(i) for i in range(len(sentences))], list(sentences), None)
-    return self._run("sst", data_lib.tokenize_sentences(rows, self.tokenizer, self.max_length))
+  def _sentences(self, sentences) -> data_lib.TokenizedSet:
+    texts = _texts(sentences, "sentences")
+    rows = data_lib.SentenceRows([str(i) for i in range(len(texts))], texts, None)
+    return tasks_lib.get("sst").tokenize(rows, self.tokenizer, self.max_length,
+                                         self.model.heads)
 
-  def _pairs(self, task: str, pairs: Sequence[tuple[str, str]]) -> data_lib.TokenizedSet:
-    rows = data_lib.PairRows([str(i) for i in range(len(pairs))], [a for a, _ in pairs],
-                             [b for _, b in pairs], None)
+  def _pair_set(self, task: str, pairs) -> data_lib.TokenizedSet:
+    a, b = _pairs(pairs, "pairs")
+    rows = data_lib.PairRows([str(i) for i in range(len(a))], a, b, None)
     return tasks_lib.get(task).tokenize(rows, self.tokenizer, self.max_length,
                                         self.model.heads)
 
+  def sentiment_probabilities(self, sentences: Sequence[str]) -> np.ndarray:
+    """[N, 5] class probabilities (softmax of the head's logits)."""
+    logits = self._output("sst", self._sentences(sentences)).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+  def sentiment(self, sentences: Sequence[str]) -> np.ndarray:
+    """Predicted classes 0..4 (the argmax of the logits, as in evaluation)."""
+    out = self._output("sst", self._sentences(sentences))
+    return np.asarray(tasks_lib.get("sst").predict(out)) if len(out) else np.zeros(0, np.int32)
+
+  def paraphrase_probability(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """[N] probabilities that each pair is a paraphrase (sigmoid of the logit)."""
+    logit = self._output("para", self._pair_set("para", pairs)).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-logit))
+
   def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    return self._run("para", self._pairs("para", pairs))
+    """0/1 per pair (probability > 0.5, as in evaluation)."""
+    out = self._output("para", self._pair_set("para", pairs))
+    return np.asarray(tasks_lib.get("para").predict(out)) if len(out) else np.zeros(0, np.int32)
 
   def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    return self._run("sts", self._pairs("sts", pairs))
+    """The predicted similarity of each pair (0..5 for the cosine head)."""
+    return self._output("sts", self._pair_set("sts", pairs))

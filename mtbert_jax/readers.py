@@ -73,10 +73,51 @@ def _check_on_invalid(on_invalid: str) -> None:
     raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
 
 
+_BOM = "\ufeff"
+
+
+def _lines(path: str):
+  """(1-based line number, text) of every line of `path`, newline stripped; a line that is
+  not valid UTF-8 comes as (number, DataError)."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path} is a folder, expected a data file")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data file not found: {path}")
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      raw = raw.rstrip(b"\r\n")
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield number, DataError(f"{path}: line {number}: not valid UTF-8 (byte {e.start + 1} "
+                                f"of the line: {raw[e.start:e.start + 4]!r})")
+        continue
+      yield number, text.removeprefix(_BOM) if number == 1 else text
+
+
+def _split(text: str, delimiter: str, where: str) -> list[str]:
+  """The fields of one line. Every row of these files is one line: a quote that opens a
+  field and does not close on the same line (which would swallow the following rows into
+  one text) or text after a closing quote is an error, not a multi-line field."""
+  try:
+    return next(csv.reader([text], delimiter=delimiter, strict=True))
+  except csv.Error as e:
+    if "unexpected end of data" in str(e):
+      raise DataError(f"{where}: a quoted field opens and does not close on this line (an "
+                      "unbalanced '\"'; each row must be one line, a literal quote inside "
+                      "a quoted field is written \"\")") from None
+    raise DataError(f"{where}: the line does not parse as {_sep_name(delimiter)}-separated "
+                    f"fields ({e})") from None
+
+
+def _sep_name(delimiter: str) -> str:
+  return "tab" if delimiter == "\t" else repr(delimiter)
+
+
 def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Sequence[str],
                 parse_row: Callable[[dict[str, str], str], Any],
                 on_invalid: str) -> list[Any]:
-  """Parses every data row of a delimited file with a header row.
+  """Parses every data row of a delimited file with a header row, one row per line.
 
   Args:
     path: the file.
@@ -84,49 +125,58 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
     required: column names the header must contain.
     optional: column names used when present.
     parse_row: `(fields by column name, location) -> parsed row`; raises `DataError`.
-    on_invalid: "raise" or "skip" (skipped rows are logged as a warning).
+    on_invalid: "raise", or "skip" a row that does not parse (bad quoting, field count,
+      encoding or value), with one warning per file.
 
   Returns:
     The parsed rows in file order.
   """
   _check_on_invalid(on_invalid)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data file not found: {path}")
-  sep_name = "tab" if delimiter == "\t" else repr(delimiter)
+  sep_name = _sep_name(delimiter)
+  lines = _lines(path)
+  first = next(lines, None)
+  if first is None or (isinstance(first[1], str) and not first[1].strip()):
+    raise DataError(f"{path}: line 1: expected a header row, the file is empty")
+  if isinstance(first[1], DataError):
+    raise first[1]
+  header = _split(first[1], delimiter, f"{path}: line 1")
+  names = [name.strip() for name in header]
+  columns = {}
+  for name in list(required) + list(optional):
+    found = [i for i, n in enumerate(names) if n == name]
+    if len(found) > 1:
+      raise DataError(f"{path}: line 1: column {name!r} appears {len(found)} times in the "
+                      f"header {header}")
+    if found:
+      columns[name] = found[0]
+    elif name in required:
+      raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
+                      f"(expected columns {list(required)}, {sep_name}-separated)")
   rows, skipped = [], []
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-      raise DataError(f"{path}: line 1: expected a header row, the file is empty")
-    names = [name.strip() for name in header]
-    columns = {}
-    for name in list(required) + list(optional):
-      found = [i for i, n in enumerate(names) if n == name]
-      if len(found) > 1:
-        raise DataError(f"{path}: line 1: column {name!r} appears {len(found)} times in the "
-                        f"header {header}")
-      if found:
-        columns[name] = found[0]
-      elif name in required:
-        raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
-                        f"(expected columns {list(required)}, {sep_name}-separated)")
-    for fields in reader:
-      if not fields:
+  for number, text in lines:
+    where = f"{path}: line {number}"
+    try:
+      if isinstance(text, DataError):
+        raise text
+      if not text.strip():
         continue  # A blank line holds no row.
-      where = f"{path}: line {reader.line_num}"
-      try:
-        if len(fields) != len(header):
-          raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
-                          f"the header, got {len(fields)}")
-        rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
-      except DataError as e:
-        if on_invalid == "raise":
-          raise DataError(f"{e} (on_invalid='skip' skips such rows with a warning)") from None
-        skipped.append(str(e))
+      fields = _split(text, delimiter, where)
+      if len(fields) != len(header):
+        raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
+                        f"the header, got {len(fields)}")
+      rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
+    except DataError as e:
+      if on_invalid == "raise":
+        raise DataError(f"{e} (--config.data.on_invalid=skip skips such rows with a "
+                        "warning)") from None
+      skipped.append((number, str(e).removeprefix(where + ": ")))
+  if not rows and not skipped:
+    raise DataError(f"{path}: has a header but no data rows")
   if skipped:
-    _LOG.warning("%s: skipped %d invalid row(s) of %d: %s", path, len(skipped),
-                    len(skipped) + len(rows), "; ".join(skipped[:5]))
+    shown = "; ".join(f"line {n}: {msg}" for n, msg in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    _LOG.warning("%s: skipped %d of %d rows that do not parse (%s%s)", path, len(skipped),
+                 len(skipped) + len(rows), shown, more)
   return rows
 
 
@@ -271,19 +321,27 @@ def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:
 
   A test file may carry an empty label column; it then reads as unlabeled rather than
   failing on every row. A column that is blank in only some rows is an error per row.
+  Lines that do not parse are left to `_read_table` to report.
   """
   if not os.path.isfile(path):
     return False
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = [n.strip() for n in next(reader, [])]
-    if name not in header:
-      return False
-    column = header.index(name)
-    seen = False
-    for fields in reader:
-      if fields and len(fields) == len(header):
-        seen = True
-        if fields[column].strip():
-          return False
-    return seen
+  header, seen = None, False
+  for number, text in _lines(path):
+    if isinstance(text, DataError) or not text.strip():
+      continue
+    try:
+      fields = _split(text, delimiter, "")
+    except DataError:
+      continue
+    if header is None:
+      header = [n.strip() for n in fields]
+      if name not in header:
+        return False
+      column = header.index(name)
+      continue
+    if len(fields) == len(header):
+      seen = True
+      if fields[column].strip():
+        return False
+    del number
+  return seen

@@ -356,8 +356,8 @@ def unknown_field_message(path: str, known) -> str:
   """The one-line error for a config field that does not exist."""
   *parents, leaf = path.split(".")
   where = ".".join(parents)
-  group = f" in group {where!r}" if where else ""
-  return (f"--config.{path}: no such field{group}{_closest(leaf, known)} (every field is "
+  what = f"field in group {where!r}" if where else "field or group"
+  return (f"--config.{path}: no such {what}{_closest(leaf, known)} (every field is "
           "listed, with its meaning, in configs/base.py)")
 
 

@@ -16,6 +16,7 @@ one when started again with the same command.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -42,6 +43,7 @@ from mtbert_jax import objective
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import sharding
 from mtbert_jax import tasks as tasks_lib
+from mtbert_jax import workdir as workdir_lib
 from mtbert_jax.settings import OptimSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -258,9 +260,91 @@ def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
                                s.train.sampling_temperature, seed=s.seed)
 
 
+# A task's mean loss over a metrics window this many times its first window's is divergence.
+DIVERGENCE_FACTOR = 1e3
+
+
+class TrainingStopped(FloatingPointError):
+  """Training stopped on a non-finite or diverged loss; the message says where the last
+  good checkpoint is and what may have caused it."""
+
+
+class _Health:
+  """Stops the run on a non-finite update (skipped by the step and counted) or a loss that
+  grew by `DIVERGENCE_FACTOR` over its first measured window, before that state can become
+  a checkpoint."""
+
+  def __init__(self, start: int, resume_dir: str):
+    self.start, self.resume_dir = start, resume_dir
+    self.first: dict[str, float] = {}
+    self.last_saved: int | None = None
+
+  def _stop(self, step: int, what: str, cause: str):
+    saved = (f"the last checkpoint, step {self.last_saved}, is in {self.resume_dir} (the run "
+             "resumes from it with the same command)" if self.last_saved is not None else
+             "no checkpoint was saved before it")
+    raise TrainingStopped(f"training stopped at step {step}: {what}; {saved}. {cause}")
+
+  def check(self, step: int, nonfinite: int, summary: dict[str, float], first_window: bool):
+    if nonfinite:
+      cause = ("It happened within the first steps: check the data and the loaded weights "
+               "first, then lower --config.optim.lr." if first_window else
+               "Lower --config.optim.lr (or set --config.optim.grad_clip), or check the data.")
+      self._stop(step, f"a non-finite loss or gradient ({nonfinite} step(s) skipped)", cause)
+    for key, value in summary.items():
+      if not key.startswith("loss/") or key == "loss/total":
+        continue
+      first = self.first.setdefault(key, value)
+      if abs(value) > DIVERGENCE_FACTOR * max(abs(first), 1e-3):
+        self._stop(step, f"{key} diverged ({value:.3g}, against {first:.3g} in the first "
+                   "window)", "Lower --config.optim.lr (or set --config.optim.grad_clip).")
+
+
+def _check_finite_weights(params, source: str) -> None:
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(params)
+         if not np.all(np.isfinite(np.asarray(x)))]
+  if bad:
+    raise TrainingStopped(f"the weights loaded from {source} hold NaN or inf values in "
+                          f"{len(bad)} tensor(s), e.g. {bad[:3]}; the checkpoint is broken")
+
+
+def _iterators(s: Settings, tok, local_batch: int) -> dict[str, data_lib.TrainIterator]:
+  iterators = {}
+  for i, task in enumerate(s.train.tasks):
+    sources, mix = experiment.train_sources(s, tok, task)
+    too_small = [len(src) for src in sources if len(src) < s.train.batch_size]
+    if too_small:
+      raise settings_lib.ConfigError(
+          f"--config.train.batch_size={s.train.batch_size} is larger than the {too_small[0]} "
+          f"training examples of task {task!r} (a batch never repeats an example)")
+    iterators[task] = data_lib.TrainIterator(
+        sources=sources, mix_weights=mix, batch_size=local_batch, buckets=s.data.buckets,
+        seed=s.seed + 1000 * i, shard_index=jax.process_index(),
+        shard_count=jax.process_count())
+  return iterators
+
+
 def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
-  """Trains (or resumes), then evaluates the best checkpoint and writes predictions."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains (or resumes), then evaluates the best checkpoint and writes predictions.
+
+  Holds the workdir's lock throughout; a workdir trained with other settings is refused
+  (`workdir.check_contract`)."""
+  workdir = workdir_lib.prepare(workdir, create=True)
+  # Signals are caught from here on: one that arrives while data loads or steps compile
+  # stops the run after its first step, with a checkpoint.
+  with (workdir_lib.lock(workdir, "train") if jax.process_index() == 0 else _no_lock(),
+        Interrupt() as interrupt):
+    if workdir_lib.has_settings(workdir):
+      workdir_lib.check_contract(workdir, s, "resume")
+    return _train_and_evaluate(s, workdir, interrupt)
+
+
+@contextlib.contextmanager
+def _no_lock():
+  yield
+
+
+def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict[str, float]:
   sharder = sharding.Sharder(sharding.make_mesh())
   local_batch = sharder.check_batch_size(s.train.batch_size, "train.batch_size")
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
@@ -268,21 +352,17 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
   mt_model, bert_params = experiment.build_model(s)
 
   # Data first: a bad file fails before any compilation.
-  iterators = {}
-  for i, task in enumerate(s.train.tasks):
-    sources, mix = experiment.train_sources(s, tok, task)
-    iterators[task] = data_lib.TrainIterator(
-        sources=sources, mix_weights=mix, batch_size=local_batch, buckets=s.data.buckets,
-        seed=s.seed + 1000 * i, shard_index=jax.process_index(),
-        shard_count=jax.process_count())
+  iterators = _iterators(s, tok, local_batch)
   dev_sets = experiment.eval_sets(s, tok, "dev", s.train.eval_limit)
 
+  _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
   params = heads_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
   tx = make_optimizer(s, params, mt_model.bert_config.num_hidden_layers)
   state = sharder.replicate(init_state(params, tx, s))
   del params, bert_params
 
   ckpts = ckpt_lib.Checkpoints(workdir, keep=s.ckpt.keep)
+  health = _Health(0, str(ckpts.resume.directory))
   best_score, best_step = -math.inf, -1
   start = 0
   if ckpts.latest_step() is not None:
@@ -291,9 +371,12 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
     for task, it_state in meta["iterators"].items():
       iterators[task].set_state(it_state)
     best_score, best_step = float(meta["best_score"]), int(meta["best_step"])
+    health = _Health(start, str(ckpts.resume.directory))
+    health.last_saved = start
     log.info("resumed from %s at step %d (best dev average %.4f at step %d)",
              ckpts.resume.directory, start, best_score, best_step)
-  ckpt_lib.save_settings(workdir, s)
+  if jax.process_index() == 0:
+    workdir_lib.save_settings(workdir, s)
 
   steps = compile_steps(mt_model, s, tx, sharder)
   predict_fns = eval_lib.make_predict_fns(mt_model)
@@ -316,56 +399,56 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
   it_states = {t: it.get_state() for t, it in iterators.items()}
   step = start
   try:
-    with Interrupt() as interrupt:
-      while step < num_steps:
-        task, batch, it_states = next(prefetch)
-        state, metrics = steps[task](state, batch, base_rng)
-        step += 1
-        pending.append(metrics)
-        window_examples += s.train.batch_size
-        last = step == num_steps
-        if step % s.train.log_every == 0 or last or interrupt.requested:
-          host = _to_float(pending)
-          pending = []
-          nonfinite = int(jax.device_get(state.nonfinite))
-          if nonfinite:
-            raise FloatingPointError(
-                f"non-finite loss or gradient at or before step {step} ({nonfinite} step(s) "
-                "skipped); training stopped. The last checkpoint was saved before it, "
-                f"in {ckpts.resume.directory}. Lower --config.optim.lr or check the data.")
-          summary = _mean_metrics(host)
-          elapsed = time.time() - window_start
-          summary["perf/examples_per_s"] = window_examples / max(elapsed, 1e-9)
-          windows.append({"end_step": step, "steps": len(host), "examples": window_examples,
-                          "seconds": elapsed})
-          window_start, window_examples = time.time(), 0
-          writer.scalars(step, summary)
-          progress.update(len(host), {
-              "ex/s": f"{summary['perf/examples_per_s']:.0f}",
-              **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
-                 if k.startswith("loss/") and k != "loss/total"}})
-        if step % s.train.eval_every == 0 or last:
-          eval_start = time.time()
-          scores, preds = eval_lib.evaluate_split(predict_fns, state.params, dev_sets,
-                                                  s.eval.batch_size, s.eval_buckets, sharder)
-          dev = tasks_lib.summarize(scores)
-          writer.scalars(step, dev)
-          score = dev.get("dev/average", float(np.mean(list(scores.values()) or [0.0])))
-          progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in dev.items()))
-          if score > best_score:
-            best_score, best_step = score, step
-            ckpts.save_best(step, state.params, {"step": step, "dev": dev})
-            best_dev_results = (step, scores, preds) if full_dev else None
-          window_start += time.time() - eval_start  # evaluation is not training throughput
-        if step % s.train.ckpt_every == 0 or last or interrupt.requested:
-          save_start = time.time()
-          ckpts.save_resume(step, state, resume_meta(step, it_states))
-          window_start += time.time() - save_start
-        if interrupt.requested and not last:
-          log.warning("%s: checkpoint saved at step %d; exiting. Run the same command "
-                      "to resume.", interrupt.requested, step)
-          # SIGTERM (a scheduler's preemption) is a clean exit; Ctrl-C exits as shells expect.
-          raise SystemExit(0 if interrupt.requested == "SIGTERM" else 130)
+    while step < num_steps:
+      task, batch, it_states = next(prefetch)
+      state, metrics = steps[task](state, batch, base_rng)
+      step += 1
+      pending.append(metrics)
+      window_examples += s.train.batch_size
+      last = step == num_steps
+      evaluate = step % s.train.eval_every == 0 or last
+      save = step % s.train.ckpt_every == 0 or last or interrupt.requested
+      # Metrics are pulled (and the run's health checked) before any evaluation or save,
+      # so a diverged state never becomes a checkpoint.
+      if step % s.train.log_every == 0 or evaluate or save:
+        host = _to_float(pending)
+        pending = []
+        summary = _mean_metrics(host)
+        health.check(step, int(jax.device_get(state.nonfinite)), summary,
+                     first_window=not windows)
+        elapsed = time.time() - window_start
+        summary["perf/examples_per_s"] = window_examples / max(elapsed, 1e-9)
+        windows.append({"end_step": step, "steps": len(host), "examples": window_examples,
+                        "seconds": elapsed})
+        window_start, window_examples = time.time(), 0
+        writer.scalars(step, summary)
+        progress.update(len(host), {
+            "ex/s": f"{summary['perf/examples_per_s']:.0f}",
+            **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
+               if k.startswith("loss/") and k != "loss/total"}})
+      if evaluate:
+        eval_start = time.time()
+        scores, preds = eval_lib.evaluate_split(predict_fns, state.params, dev_sets,
+                                                s.eval.batch_size, s.eval_buckets, sharder)
+        dev = tasks_lib.summarize(scores)
+        writer.scalars(step, dev)
+        score = dev.get("dev/average", float(np.mean(list(scores.values()) or [0.0])))
+        progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in dev.items()))
+        if score > best_score:
+          best_score, best_step = score, step
+          ckpts.save_best(step, state.params, {"step": step, "dev": dev})
+          best_dev_results = (step, scores, preds) if full_dev else None
+        window_start += time.time() - eval_start  # evaluation is not training throughput
+      if save:
+        save_start = time.time()
+        ckpts.save_resume(step, state, resume_meta(step, it_states))
+        health.last_saved = step
+        window_start += time.time() - save_start
+      if interrupt.requested and not last:
+        log.warning("%s: checkpoint saved at step %d; exiting. Run the same command "
+                    "to resume.", interrupt.requested, step)
+        # SIGTERM (a scheduler's preemption) is a clean exit; Ctrl-C exits as shells expect.
+        raise SystemExit(0 if interrupt.requested == "SIGTERM" else 130)
   finally:
     prefetch.close()
     progress.close()
@@ -373,7 +456,7 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
     ckpts.close()
 
   if jax.process_index() == 0:  # loop throughput per metrics window (evaluations excluded)
-    ckpt_lib.write_json(os.path.join(workdir, "train_stats.json"), {"windows": windows})
+    workdir_lib.write_json(os.path.join(workdir, "train_stats.json"), {"windows": windows})
   log.info("training done: best dev average %.4f at step %d; evaluating it", best_score,
            best_step)
   _, best_params, _ = ckpt_lib.restore_best_params(s, workdir)

@@ -101,10 +101,10 @@ def test_quora_dev_two_rows_without_label(data_dir, caplog):
   path = os.path.join(data_dir, "cs224n", "quora-dev.csv")
   with pytest.raises(readers.DataError, match=r"quora-dev\.csv: line 2577: .*is_duplicate"):
     readers.read_pairs(path, "paraphrase")
-  with caplog.at_level(logging.WARNING, logger="mtbert_jax.data"):
+  with caplog.at_level(logging.WARNING, logger="mtbert_jax.readers"):
     rows = readers.read_pairs(path, "paraphrase", on_invalid="skip")
   assert len(rows) == 20214 - 2
-  assert "skipped 2 invalid row(s) of 20214" in caplog.text
+  assert "skipped 2 of 20214 rows" in caplog.text
   assert "line 2577" in caplog.text and "line 14222" in caplog.text
 
 
@@ -173,12 +173,56 @@ def test_bad_input_names_file_and_line(tmp_path, text, reader, pattern):
   assert info.match(pattern)
 
 
-def test_quoted_multiline_field_reports_its_line(tmp_path):
-  path = _write(tmp_path, "multi.csv", SST_HEADER + '0\ta\t"two\nlines"\t3\n1\tb\tok\tx\n')
-  rows = readers.read_sentiment(path, on_invalid="skip")
-  assert rows.texts == ["two\nlines"]
-  with pytest.raises(readers.DataError, match=r"line 4: column 'sentiment' is 'x'"):
+def test_a_quote_spanning_lines_is_reported_not_merged(tmp_path):
+  """A stray quote that opens on line 3 and closes on line 7 would, read as CSV, merge five
+  rows into one text (the file reading as 4 rows instead of 8). Each row is one line here:
+  the opening line is the error, and the rows after it read normally."""
+  rows = ["0\ta\tgood\t3", '1\tb\t"a stray quote\t2', "2\tc\tfine\t1", "3\td\tok\t0",
+          "4\te\tyes\t4", '5\tf\tclosing" here\t1', "6\tg\tlast\t2"]
+  path = _write(tmp_path, "stray.csv", SST_HEADER + "\n".join(rows) + "\n")
+  with pytest.raises(readers.DataError, match=r"stray.csv: line 3: a quoted field opens and "
+                                              r"does not close on this line"):
     readers.read_sentiment(path)
+  read = readers.read_sentiment(path, on_invalid="skip")
+  assert read.ids == ["a", "c", "d", "e", "f", "g"]  # 7 rows, the broken one skipped
+  assert read.texts[4] == 'closing" here'  # a quote inside an unquoted field is literal
+
+
+def test_unclosed_quote_and_bad_utf8_name_the_line_and_obey_on_invalid(tmp_path):
+  path = _write(tmp_path, "open.csv", SST_HEADER + '0\ta\tgood\t3\n1\tb\t"never closed\t2\n')
+  with pytest.raises(readers.DataError, match=r"open.csv: line 3: a quoted field opens"):
+    readers.read_sentiment(path)
+  assert readers.read_sentiment(path, on_invalid="skip").ids == ["a"]
+  bad = os.path.join(str(tmp_path), "latin1.csv")
+  with open(bad, "wb") as f:
+    f.write((SST_HEADER + "0\ta\tgood\t3\n").encode() + b"1\tb\tcaf\xe9\t2\n2\tc\tok\t1\n")
+  with pytest.raises(readers.DataError, match=r"latin1.csv: line 3: not valid UTF-8 \(byte "
+                                              r"8 of the line"):
+    readers.read_sentiment(bad)
+  assert readers.read_sentiment(bad, on_invalid="skip").ids == ["a", "c"]
+
+
+def test_text_after_a_closing_quote_is_an_error(tmp_path):
+  path = _write(tmp_path, "after.csv", SST_HEADER + '0\ta\t"quoted" tail\t3\n')
+  with pytest.raises(readers.DataError, match=r"after.csv: line 2: the line does not parse"):
+    readers.read_sentiment(path)
+
+
+def test_header_only_file_and_a_folder_are_precise_errors(tmp_path):
+  path = _write(tmp_path, "header.csv", SST_HEADER)
+  with pytest.raises(readers.DataError, match=r"header.csv: has a header but no data rows"):
+    readers.read_sentiment(path)
+  with pytest.raises(IsADirectoryError, match=r"is a folder, expected a data file"):
+    readers.read_sentiment(str(tmp_path))
+
+
+def test_skipped_rows_are_one_short_warning(tmp_path, caplog):
+  path = _write(tmp_path, "skip.csv", SST_HEADER + "0\ta\tgood\tx\n1\tb\tok\t9\n2\tc\tfine\t1\n")
+  with caplog.at_level(logging.WARNING):
+    readers.read_sentiment(path, on_invalid="skip")
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and warnings[0].count(path) == 1
+  assert "skipped 2 of 3 rows" in warnings[0] and "line 2:" in warnings[0]
 
 
 def test_missing_file_and_unmapped_label(tmp_path):

@@ -32,6 +32,7 @@ from mtbert_jax import settings as settings_lib
 from mtbert_jax import sharding
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import train
+from mtbert_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -315,8 +316,10 @@ def test_eval_with_checkpoint_of_another_shape_fails_clearly(tiny_ckpt_dir, data
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   other = tiny_run_config("")  # the real MiniLM (hidden 384) against a hidden-32 checkpoint
+  with pytest.raises(workdir_lib.WorkdirError, match=r"--config.model.checkpoint: trained "):
+    eval_lib.evaluate_workdir(workdir, other)  # the workdir's contract refuses it first
   with pytest.raises(ValueError, match="does not fit the configured model"):
-    eval_lib.evaluate_workdir(workdir, other)
+    ckpt_lib.restore_best_params(other, workdir)
 
 
 def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):
@@ -350,14 +353,18 @@ def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):
 @pytest.mark.slow
 def test_smoke_config_real_checkpoint(data_dir, tmp_path):
   """configs/smoke.py exactly as CI and users run it (the embedded MiniLM checkpoint)."""
+  cache = tmp_path / "xla_cache"  # the compilation cache stays in the test's folder
+  workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
-         f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={tmp_path}"]
+         f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={workdir}",
+         f"--config.jax_cache_dir={cache}"]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=REPO))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dev/average" in out.stdout
   # orbax's routine INFO lines are filtered out of the run's log (runtime.quiet_library_logs)
   assert "checkpoint_manager.py" not in out.stderr, out.stderr[-3000:]
-  with open(os.path.join(tmp_path, "metrics.json"), encoding="utf-8") as f:
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   assert 0.0 <= metrics["dev/sst_acc"] <= 1.0 and metrics["step"] > 0
+  assert cache.is_dir() and any(cache.iterdir())
