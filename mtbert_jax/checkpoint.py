@@ -40,6 +40,7 @@ class CheckpointError(RuntimeError):
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   first = next((line.strip() for line in text if line.strip()), "")
+  first = first.split(" See full TensorStore details")[0]  # a repr of the whole spec follows
   return f"{type(e).__name__}: {first[:300]}"
 
 
