@@ -15,14 +15,24 @@ import jax
 log = logging.getLogger(__name__)
 
 
+def _interactive() -> bool:
+  return sys.stderr.isatty()
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class Progress:
-  """Progress on stderr: a tqdm bar (step, examples/s, losses, ETA), or, with the bar
-  off (`train.progress=False`, e.g. in batch jobs), one log line per metrics pull."""
+  """Training progress on stderr: a tqdm bar (step, examples/s, losses, ETA) on a terminal;
+  when stderr is a file or a pipe (a log, nohup, a batch job) or `train.progress=False`,
+  one log line per metrics pull instead (a bar draws nothing useful into a file)."""
 
   def __init__(self, total: int, initial: int, enabled: bool):
     self.bar = None
     self.total, self.step, self.start, self.initial = total, initial, time.time(), initial
-    if enabled and jax.process_index() == 0:
+    if enabled and _interactive() and jax.process_index() == 0:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step",
                       file=sys.stderr)
@@ -35,9 +45,9 @@ class Progress:
     elif jax.process_index() == 0:
       done = self.step - self.initial
       eta = (time.time() - self.start) / max(done, 1) * (self.total - self.step)
-      log.info("step %d/%d %s eta %s", self.step, self.total,
-               " ".join(f"{k}={v}" for k, v in postfix.items()),
-               time.strftime("%H:%M:%S", time.gmtime(eta)))
+      log.info("step %d/%d (%d%%) %s, ETA %s", self.step, self.total,
+               100 * self.step // max(self.total, 1),
+               " ".join(f"{k}={v}" for k, v in postfix.items()), _clock(eta))
 
   def write(self, msg: str):
     if self.bar is not None:
@@ -48,6 +58,43 @@ class Progress:
   def close(self):
     if self.bar is not None:
       self.bar.close()
+
+
+class Counter:
+  """Progress of a pass over `total` examples (an evaluation): a tqdm bar on a terminal,
+  else a log line at the start, every `every` seconds, and at the end."""
+
+  def __init__(self, label: str, total: int, unit: str = "examples", every: float = 20.0):
+    self.label, self.total, self.unit, self.every = label, total, unit, every
+    self.done, self.start = 0, time.time()
+    self.last = self.start
+    self.bar = None
+    if jax.process_index() != 0:
+      return
+    if _interactive():
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm(total=total, desc=label, unit=unit[:-1] if unit.endswith("s") else unit,
+                      dynamic_ncols=True, file=sys.stderr, leave=False)
+    else:
+      log.info("%s: %d %s", label, total, unit)
+
+  def update(self, n: int):
+    self.done += n
+    if self.bar is not None:
+      self.bar.update(n)
+    elif jax.process_index() == 0 and time.time() - self.last >= self.every:
+      self.last = time.time()
+      rate = self.done / max(self.last - self.start, 1e-9)
+      log.info("%s: %s/%s %s, ETA %s", self.label, f"{self.done:,}", f"{self.total:,}",
+               self.unit, _clock((self.total - self.done) / max(rate, 1e-9)))
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+    if jax.process_index() == 0:
+      seconds = time.time() - self.start
+      log.info("%s: %s %s in %.0f s (%.0f/s)", self.label, f"{self.done:,}", self.unit,
+               seconds, self.done / max(seconds, 1e-9))
 
 
 class Writer:

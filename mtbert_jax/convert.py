@@ -130,9 +130,9 @@ def state_dict_to_params(cfg: model_lib.BertConfig, tensors: dict[str, np.ndarra
     known = [k for k in unused if k.removeprefix(prefix).startswith(_KNOWN_EXTRAS)
              or k.startswith(_KNOWN_EXTRAS)]
     other = [k for k in unused if k not in known]
-    if known:
-      log.info("%s: ignoring %d tensors that are not part of the encoder: %s", source,
-               len(known), _abbreviate(known))
+    if known:  # pre-training heads and buffers of the format: expected, not news
+      log.debug("%s: ignoring %d tensors that are not part of the encoder: %s", source,
+                len(known), _abbreviate(known))
     if other:
       log.warning("%s: %d unused tensors: %s", source, len(other), _abbreviate(other))
   return traverse_util.unflatten_dict(flat)
@@ -167,8 +167,11 @@ def save_pretrained(out_dir: str, cfg: model_lib.BertConfig, params: dict,
                     vocab_from: str | None = None) -> str:
   """Writes an HF folder (model.safetensors, config.json, vocab.txt and tokenizer config)."""
   os.makedirs(out_dir, exist_ok=True)
-  save_file(params_to_state_dict(cfg, params), os.path.join(out_dir, "model.safetensors"),
-            metadata={"format": "pt"})
+  weights = os.path.join(out_dir, "model.safetensors")
+  save_file(params_to_state_dict(cfg, params), weights, metadata={"format": "pt"})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(weights, 0o666 & ~umask)  # safetensors writes 0600; the other files get umask
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
   src = paths.resolve_checkpoint(vocab_from)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from mtbert_jax import checkpoint as ckpt_lib
+from mtbert_jax import console
 from mtbert_jax import data as data_lib
 from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
@@ -54,11 +55,13 @@ def make_predict_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
 
 
 def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, batch_size: int,
-            buckets: Sequence[int], sharder: Any = None) -> np.ndarray:
+            buckets: Sequence[int], sharder: Any = None,
+            counter: console.Counter | None = None) -> np.ndarray:
   """Predictions for every row of `tokset`, in file order.
 
   `batch_size` is global; with a `sharding.Sharder` each host feeds its slice of every
-  batch to the mesh and every host gets all predictions back.
+  batch to the mesh and every host gets all predictions back. `counter` is told each
+  batch's real rows.
   """
   out = None
   for batch in data_lib.eval_batches(tokset, batch_size, buckets):
@@ -73,6 +76,8 @@ def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, ba
       out = np.zeros((len(tokset),) + pred.shape[1:], pred.dtype)
     keep = index >= 0
     out[index[keep]] = pred[keep]
+    if counter is not None:
+      counter.update(int(keep.sum()))
   return out if out is not None else np.zeros(0)
 
 
@@ -89,16 +94,26 @@ def write_predictions(path: str, task: str, ids: Sequence[str], values: np.ndarr
   os.replace(tmp, path)
 
 
+_UNITS = {"sst": "sentences", "para": "pairs", "sts": "pairs"}
+
+
 def evaluate_split(predict_fns: dict[str, Callable], params: Any,
                    sets: dict[str, data_lib.TokenizedSet | None], batch_size: int,
-                   buckets: Sequence[int], sharder: Any = None
+                   buckets: Sequence[int], sharder: Any = None, split: str = "dev"
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """(scores per labeled task, predictions per task) over the configured sets."""
+  """(scores per labeled task, predictions per task) over the configured sets, with a
+  progress counter per set."""
   scores, preds = {}, {}
   for task, tokset in sets.items():
     if tokset is None:
       continue
-    preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, sharder)
+    counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
+                              f"{split}", len(tokset), _UNITS.get(task, "examples"))
+    try:
+      preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, sharder,
+                            counter)
+    finally:
+      counter.close()
     if tokset.labels is not None:
       scores[task] = tasks_lib.get(task).score(preds[task], tokset.labels)
   return scores, preds
@@ -113,15 +128,18 @@ def write_split_predictions(pred_dir: str, split: str,
                             preds: dict[str, np.ndarray]) -> list[str]:
   """Writes `<task>-<split>-output.csv` for each configured set; logs the skipped ones."""
   os.makedirs(pred_dir, exist_ok=True)
-  written = []
+  written, missing = [], []
   for task in tasks_lib.EVAL_TASKS:
     path = prediction_path(pred_dir, task, split)
     if sets.get(task) is None:
-      log.info("no %s file configured for %s: %s not written", split, task,
-               os.path.basename(path))
+      missing.append(task)
       continue
     write_predictions(path, task, sets[task].ids, preds[task])
+    log.info("wrote %s (%d rows)", path, len(preds[task]))
     written.append(path)
+  if missing:
+    log.info("no %s file configured for %s: no %s predictions for %s", split,
+             ", ".join(missing), split, "it" if len(missing) == 1 else "them")
   return written
 
 
@@ -145,10 +163,8 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
     if split == "dev" and dev_results is not None:
       scores, preds = dev_results
     else:
-      log.info("%s the %s sets: %s", "evaluating" if split == "dev" else "predicting", split,
-               [t for t in tasks_lib.EVAL_TASKS if sets[t] is not None])
       scores, preds = evaluate_split(predict_fns, params, sets, s.eval.batch_size,
-                                     s.eval_buckets, sharder)
+                                     s.eval_buckets, sharder, split)
     if split == "dev":
       metrics.update(tasks_lib.summarize(scores))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:

@@ -397,11 +397,22 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   pending: list[dict] = []
   window_start, window_examples = time.time(), 0
   it_states = {t: it.get_state() for t, it in iterators.items()}
+  compiled: set[tuple[str, int]] = set()
   step = start
   try:
     while step < num_steps:
       task, batch, it_states = next(prefetch)
+      shape = (task, next(v.shape[1] for k, v in batch.items() if k.startswith("input_ids")))
+      if shape not in compiled:  # the first step of a task and length compiles it
+        progress.write(f"compiling the {task} step for length {shape[1]} (once per task and "
+                       "padded length)")
+        compile_start = time.time()
       state, metrics = steps[task](state, batch, base_rng)
+      if shape not in compiled:
+        compiled.add(shape)
+        progress.write(f"compiled the {task} step for length {shape[1]} in "
+                       f"{time.time() - compile_start:.0f} s")
+        window_start += time.time() - compile_start  # compilation is not throughput
       step += 1
       pending.append(metrics)
       window_examples += s.train.batch_size
