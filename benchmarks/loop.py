@@ -191,15 +191,15 @@ def main(argv=None):
 
   # -- (d) evaluation throughput: evaluate.predict on SST dev and STS dev --------------------
   eval_config = config.replace(data={"dev_limit": args.eval_rows})
-  predict_fns = eval_lib.make_predict_fns(mt_model)
+  output_fns = eval_lib.make_output_fns(mt_model)
   buckets = eval_config.eval_buckets
   evals = {}
   for task in ("sst", "sts"):
     tokset = experiment.load_split(eval_config, tok, task, "dev")
-    eval_lib.predict(predict_fns[task], state.params, tokset, args.eval_batch, buckets,
+    eval_lib.predict(output_fns[task], state.params, tokset, args.eval_batch, buckets,
                      sharder)  # compiles each bucket
     t0 = time.perf_counter()
-    eval_lib.predict(predict_fns[task], state.params, tokset, args.eval_batch, buckets,
+    eval_lib.predict(output_fns[task], state.params, tokset, args.eval_batch, buckets,
                      sharder)
     seconds = time.perf_counter() - t0
     encodings = 1 if task == "sst" else 2

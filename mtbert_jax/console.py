@@ -5,6 +5,7 @@ Everything here writes on host 0 only (process index 0), so a multi-host run pri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -122,6 +123,44 @@ class Writer:
       self.writer.close()
 
 
+class History:
+  """`WORKDIR/history.jsonl`: one JSON line per metrics pull (`{"step", "train": {...}}`)
+  and per dev evaluation (`{"step", "dev": {...}}`), for curves and the report. A resumed
+  run first drops the lines after its checkpoint's step, so the file always describes one
+  uninterrupted run."""
+
+  def __init__(self, path: str, start: int):
+    self.path = path if jax.process_index() == 0 else None
+    if self.path is None:
+      return
+    kept = []
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        for line in f:
+          try:
+            if json.loads(line)["step"] <= start:
+              kept.append(line)
+          except (ValueError, KeyError):
+            continue  # a line cut short by a kill
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+  def add(self, step: int, kind: str, values: dict[str, float]):
+    if self.path is not None:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, kind: values}, sort_keys=True) + "\n")
+
+
+def read_history(path: str) -> list[dict]:
+  """The entries of a history.jsonl ([] when there is none)."""
+  if not os.path.isfile(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def format_table(metrics: dict[str, float]) -> str:
   rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, float)]
   width = max((len(k) for k, _ in rows), default=10)
@@ -131,8 +170,8 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 # What a run writes, in the order a user looks for it.
-_OUTPUTS = ("metrics.json", "predictions", "hf_encoder", "best", "checkpoints", "tensorboard",
-            "train_stats.json", "config.json")
+_OUTPUTS = ("metrics.json", "predictions", "report", "hf_encoder", "best", "checkpoints",
+            "tensorboard", "history.jsonl", "train_stats.json", "config.json")
 
 
 def written_files(workdir: str, since: float, step: int | None = None) -> str:

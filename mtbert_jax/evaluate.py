@@ -46,18 +46,15 @@ def make_output_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
   return {name: output_fn(tasks_lib.get(name)) for name in tasks_lib.EVAL_TASKS}
 
 
-def make_predict_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
-  """Jitted `fn(params, batch) -> predictions [B]` per task: class id, 0/1, or 0-5 score."""
-  def predict_fn(task: tasks_lib.Task, out_fn):
-    return jax.jit(lambda params, batch: task.predict(out_fn(params, batch)))
-  return {name: predict_fn(tasks_lib.get(name), fn)
-          for name, fn in make_output_fns(mt_model).items()}
+def to_predictions(task: str, outputs: np.ndarray) -> np.ndarray:
+  """A task's raw outputs (logits, logit, score) as its predictions (class, 0/1, score)."""
+  return np.asarray(tasks_lib.get(task).predict(outputs))
 
 
-def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, batch_size: int,
+def predict(output_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, batch_size: int,
             buckets: Sequence[int], sharder: Any = None,
             counter: console.Counter | None = None) -> np.ndarray:
-  """Predictions for every row of `tokset`, in file order.
+  """`output_fn`'s outputs for every row of `tokset`, in file order.
 
   `batch_size` is global; with a `sharding.Sharder` each host feeds its slice of every
   batch to the mesh and every host gets all predictions back. `counter` is told each
@@ -69,9 +66,9 @@ def predict(predict_fn: Callable, params: Any, tokset: data_lib.TokenizedSet, ba
     batch.pop("labels", None)
     batch.pop("weights")
     if sharder is None:
-      pred = np.asarray(jax.device_get(predict_fn(params, batch)))
+      pred = np.asarray(jax.device_get(output_fn(params, batch)))
     else:
-      pred = sharder.gather(predict_fn(params, sharder.put_global(batch)))
+      pred = sharder.gather(output_fn(params, sharder.put_global(batch)))
     if out is None:
       out = np.zeros((len(tokset),) + pred.shape[1:], pred.dtype)
     keep = index >= 0
@@ -97,26 +94,27 @@ def write_predictions(path: str, task: str, ids: Sequence[str], values: np.ndarr
 _UNITS = {"sst": "sentences", "para": "pairs", "sts": "pairs"}
 
 
-def evaluate_split(predict_fns: dict[str, Callable], params: Any,
+def evaluate_split(output_fns: dict[str, Callable], params: Any,
                    sets: dict[str, data_lib.TokenizedSet | None], batch_size: int,
                    buckets: Sequence[int], sharder: Any = None, split: str = "dev"
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """(scores per labeled task, predictions per task) over the configured sets, with a
+  """(scores per labeled task, raw outputs per task) over the configured sets, with a
   progress counter per set."""
-  scores, preds = {}, {}
+  scores, outputs = {}, {}
   for task, tokset in sets.items():
     if tokset is None:
       continue
     counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
                               f"{split}", len(tokset), _UNITS.get(task, "examples"))
     try:
-      preds[task] = predict(predict_fns[task], params, tokset, batch_size, buckets, sharder,
-                            counter)
+      outputs[task] = predict(output_fns[task], params, tokset, batch_size, buckets, sharder,
+                              counter)
     finally:
       counter.close()
     if tokset.labels is not None:
-      scores[task] = tasks_lib.get(task).score(preds[task], tokset.labels)
-  return scores, preds
+      scores[task] = tasks_lib.get(task).score(to_predictions(task, outputs[task]),
+                                               tokset.labels)
+  return scores, outputs
 
 
 def prediction_path(pred_dir: str, task: str, split: str) -> str:
@@ -125,17 +123,27 @@ def prediction_path(pred_dir: str, task: str, split: str) -> str:
 
 def write_split_predictions(pred_dir: str, split: str,
                             sets: dict[str, data_lib.TokenizedSet | None],
-                            preds: dict[str, np.ndarray]) -> list[str]:
-  """Writes `<task>-<split>-output.csv` for each configured set; logs the skipped ones."""
+                            outputs: dict[str, np.ndarray]) -> list[str]:
+  """Writes `<task>-<split>-output.csv` for each configured set (the course's files) and
+  `<split>-outputs.npz` with every task's ids and raw outputs (logits, logit, score: what
+  `mtbert_jax.report` reads for confidences); logs the sets that are not configured."""
   os.makedirs(pred_dir, exist_ok=True)
-  written, missing = [], []
+  written, missing, arrays = [], [], {}
   for task in tasks_lib.EVAL_TASKS:
     path = prediction_path(pred_dir, task, split)
     if sets.get(task) is None:
       missing.append(task)
       continue
-    write_predictions(path, task, sets[task].ids, preds[task])
-    log.info("wrote %s (%d rows)", path, len(preds[task]))
+    write_predictions(path, task, sets[task].ids, to_predictions(task, outputs[task]))
+    log.info("wrote %s (%d rows)", path, len(outputs[task]))
+    written.append(path)
+    arrays[f"{task}/ids"] = np.asarray(sets[task].ids, dtype=str)
+    arrays[f"{task}/outputs"] = outputs[task]
+  if arrays:
+    path = os.path.join(pred_dir, f"{split}-outputs.npz")
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
     written.append(path)
   if missing:
     log.info("no %s file configured for %s: no %s predictions for %s", split,
@@ -146,29 +154,29 @@ def write_split_predictions(pred_dir: str, split: str,
 def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
                          sharder: sharding.Sharder, step: int, score: bool = True,
                          dev_results: tuple | None = None,
-                         predict_fns: dict | None = None) -> dict[str, float]:
+                         output_fns: dict | None = None) -> dict[str, float]:
   """With `score`: dev metrics of `params` into `metrics.json`, and the dev and test
   prediction files; without (predict mode): the test prediction files only, no metrics.
 
-  `dev_results`: (scores, predictions) already computed for exactly these params on the
-  full dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
-  `predict_fns`: the loop's jitted predictors, so their compiled shapes are reused.
+  `dev_results`: (scores, outputs) already computed for exactly these params on the full
+  dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
+  `output_fns`: the loop's jitted output functions, so their compiled shapes are reused.
   """
-  predict_fns = predict_fns or make_predict_fns(mt_model)
+  output_fns = output_fns or make_output_fns(mt_model)
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")
   for split in ("dev", "test") if score else ("test",):
     sets = experiment.eval_sets(s, tok, split)
     if split == "dev" and dev_results is not None:
-      scores, preds = dev_results
+      scores, outputs = dev_results
     else:
-      scores, preds = evaluate_split(predict_fns, params, sets, s.eval.batch_size,
-                                     s.eval_buckets, sharder, split)
+      scores, outputs = evaluate_split(output_fns, params, sets, s.eval.batch_size,
+                                       s.eval_buckets, sharder, split)
     if split == "dev":
       metrics.update(tasks_lib.summarize(scores))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:
-      write_split_predictions(pred_dir, split, sets, preds)
+      write_split_predictions(pred_dir, split, sets, outputs)
   if score and jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
   return metrics
@@ -289,7 +297,7 @@ class Predictor:
   def sentiment(self, sentences: Sequence[str]) -> np.ndarray:
     """Predicted classes 0..4 (the argmax of the logits, as in evaluation)."""
     out = self._output("sst", self._sentences(sentences))
-    return np.asarray(tasks_lib.get("sst").predict(out)) if len(out) else np.zeros(0, np.int32)
+    return to_predictions("sst", out) if len(out) else np.zeros(0, np.int32)
 
   def paraphrase_probability(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """[N] probabilities that each pair is a paraphrase (sigmoid of the logit)."""
@@ -299,7 +307,7 @@ class Predictor:
   def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """0/1 per pair (probability > 0.5, as in evaluation)."""
     out = self._output("para", self._pair_set("para", pairs))
-    return np.asarray(tasks_lib.get("para").predict(out)) if len(out) else np.zeros(0, np.int32)
+    return to_predictions("para", out) if len(out) else np.zeros(0, np.int32)
 
   def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """The predicted similarity of each pair (0..5 for the cosine head)."""

@@ -379,9 +379,10 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     workdir_lib.save_settings(workdir, s)
 
   steps = compile_steps(mt_model, s, tx, sharder)
-  predict_fns = eval_lib.make_predict_fns(mt_model)
+  output_fns = eval_lib.make_output_fns(mt_model)
   base_rng = sharder.dropout_key(s.seed + 1, s.train.rng_impl)
   writer = console.Writer(os.path.join(workdir, "tensorboard"))
+  history = console.History(os.path.join(workdir, "history.jsonl"), start)
   num_steps = s.train.num_steps
   progress = console.Progress(num_steps, start, s.train.progress)
 
@@ -390,7 +391,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
             "best_step": best_step, "config": settings_lib.to_dict(s)}
 
   full_dev = s.train.eval_limit == 0
-  best_dev_results = None  # (step, scores, predictions) of the best full-dev evaluation
+  best_dev_results = None  # (step, scores, outputs) of the best full-dev evaluation
   prefetch = sharding.Prefetcher(iterators, task_schedule(s, iterators), start, num_steps,
                                  sharder)
   windows: list[dict] = []  # per metrics pull: steps, seconds (for train_stats.json)
@@ -433,22 +434,24 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                         "seconds": elapsed})
         window_start, window_examples = time.time(), 0
         writer.scalars(step, summary)
+        history.add(step, "train", summary)
         progress.update(len(host), {
             "ex/s": f"{summary['perf/examples_per_s']:.0f}",
             **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
                if k.startswith("loss/") and k != "loss/total"}})
       if evaluate:
         eval_start = time.time()
-        scores, preds = eval_lib.evaluate_split(predict_fns, state.params, dev_sets,
+        scores, outputs = eval_lib.evaluate_split(output_fns, state.params, dev_sets,
                                                 s.eval.batch_size, s.eval_buckets, sharder)
         dev = tasks_lib.summarize(scores)
         writer.scalars(step, dev)
+        history.add(step, "dev", dev)
         score = dev.get("dev/average", float(np.mean(list(scores.values()) or [0.0])))
         progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in dev.items()))
         if score > best_score:
           best_score, best_step = score, step
           ckpts.save_best(step, state.params, {"step": step, "dev": dev})
-          best_dev_results = (step, scores, preds) if full_dev else None
+          best_dev_results = (step, scores, outputs) if full_dev else None
         window_start += time.time() - eval_start  # evaluation is not training throughput
       if save:
         save_start = time.time()
@@ -477,7 +480,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     reuse = best_dev_results[1:]  # same params (restored bit-exact), same dev sets
   metrics = eval_lib.evaluate_and_predict(s, workdir, mt_model, best_params, tok, sharder,
                                           best_step, dev_results=reuse,
-                                          predict_fns=predict_fns)
+                                          output_fns=output_fns)
   if s.ckpt.export_hf and jax.process_index() == 0:
     from mtbert_jax import convert  # pylint: disable=import-outside-toplevel
     convert.save_pretrained(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,

@@ -1,0 +1,104 @@
+"""The error-analysis report (mtbert_jax/report.py): the numbers behind each figure against
+small hand-computed cases, and the report of a real (tiny-encoder) workdir end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from mtbert_jax import report
+from mtbert_jax import settings as settings_lib
+from mtbert_jax import train
+
+pytest.importorskip("matplotlib")
+
+
+def test_class_counts_confusion_and_error_distances():
+  gold = np.array([0, 1, 2, 3, 4, 4, 0, 2])
+  pred = np.array([1, 1, 2, 1, 2, 4, 3, 2])
+  counts_pred, counts_gold = report.class_counts(pred, gold)
+  assert counts_pred.tolist() == [0, 3, 3, 1, 1]
+  assert counts_gold.tolist() == [2, 1, 2, 1, 2]
+  m = report.confusion_matrix(pred, gold)
+  assert m[0, 1] == 1 and m[0, 3] == 1 and m[3, 1] == 1 and m[4, 2] == 1
+  assert np.trace(m) == 4 and m.sum() == 8
+  # Wrong: |0-1| = 1, |3-1| = 2, |4-2| = 2, |0-3| = 3 -> 1: 1/4, 2: 2/4, 3: 1/4, 4: 0.
+  assert report.error_distances(pred, gold) == {1: (1, 0.25), 2: (2, 0.5), 3: (1, 0.25),
+                                                4: (0, 0.0)}
+
+
+def test_ecdf_binary_report_and_overlap():
+  x, y = report.ecdf(np.array([3.0, 1.0, 2.0, 2.0]))
+  assert x.tolist() == [1.0, 2.0, 2.0, 3.0] and y.tolist() == [0.25, 0.5, 0.75, 1.0]
+  b = report.binary_report(np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 1, 1, 0]))
+  assert (b["tp"], b["fp"], b["tn"], b["fn"]) == (2, 1, 2, 1)
+  assert b["fp_rate"] == pytest.approx(1 / 3) and b["fn_rate"] == pytest.approx(1 / 3)
+  assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == pytest.approx(2 / 3)
+  assert b["f1"] == pytest.approx(2 / 3) and b["accuracy"] == pytest.approx(4 / 6)
+  assert report.word_overlap("A cat sat.", "the cat sat") == pytest.approx(2 / 4)
+  assert report.word_overlap("", "") == 1.0
+
+
+def test_confident_and_largest_errors():
+  prob = np.array([0.9, 0.6, 0.2, 0.99, 0.05, 0.4])
+  gold = np.array([0, 0, 1, 1, 1, 0])
+  fp, fn = report.confident_errors(prob, gold, 5)
+  assert fp == [0, 1] and fn == [4, 2]  # most confident first
+  assert report.largest_errors(np.array([1.0, 4.0, 2.5]), np.array([1.5, 1.0, 2.5]), 2) == [1, 0]
+
+
+def test_correlation_table():
+  points = [{"a": 1.0, "b": 2.0, "c": 5.0}, {"a": 2.0, "b": 4.0, "c": 5.0},
+            {"a": 3.0, "b": 6.5, "c": 5.0}, {"a": 4.0, "b": 7.0}]
+  corr, n = report.correlation_table(points, ["a", "b", "c"])
+  assert n == 3  # the point without "c" is not used
+  assert corr[0, 1] == pytest.approx(np.corrcoef([1, 2, 3], [2, 4, 6.5])[0, 1])
+  assert np.isnan(corr[0, 2])  # a constant metric has no correlation
+  _, n = report.correlation_table(points[:2], ["a", "b"])
+  assert n == 2
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_ckpt_dir, data_dir, tmp_path_factory):
+  c = smoke.get_config()
+  c.model.checkpoint = tiny_ckpt_dir
+  c.jax_cache_dir = ""
+  c.train.num_steps = 9
+  workdir = str(tmp_path_factory.mktemp("report") / "run")
+  train.train_and_evaluate(settings_lib.from_dict(c.to_dict()), workdir)
+  return workdir
+
+
+def test_report_of_a_workdir(run_dir, tmp_path):
+  run = report.load_run(run_dir)
+  assert set(run.tasks) == {"sst", "para", "sts"} and run.tasks["sst"].raw
+  assert len(run.tasks["sst"].gold) == 64  # smoke's dev_limit
+  # The numbers of the run's metrics.json, recomputed from the raw outputs.
+  sst = run.tasks["sst"]
+  assert np.mean(sst.predictions == sst.gold) == pytest.approx(run.metrics["dev/sst_acc"])
+  path = report.write_report([run, run], str(tmp_path / "out"))
+  text = open(path, encoding="utf-8").read()
+  for name in ("fig4_sentiment_classes.png", "fig5a_sts_scores.png",
+               "fig5b_sentiment_error_distance.png", "training_curves.png"):
+    assert os.path.getsize(tmp_path / "out" / name) > 1000, name
+    assert name in text
+  assert "most confident false positives" in text and "Table 3" in text
+  assert f"{run.metrics['dev/para_acc']:.4f}" in text
+  # Deterministic: the same workdir gives the same files.
+  again = report.write_report([run, run], str(tmp_path / "again"))
+  assert open(again, encoding="utf-8").read() == text
+  for name in os.listdir(tmp_path / "out"):
+    assert open(tmp_path / "out" / name, "rb").read() == open(tmp_path / "again" / name,
+                                                               "rb").read(), name
+
+
+def test_a_workdir_without_dev_predictions_is_refused(run_dir, tmp_path):
+  bare = str(tmp_path / "bare")
+  shutil.copytree(run_dir, bare)
+  shutil.rmtree(os.path.join(bare, "predictions"))
+  with pytest.raises(report.ReportError, match="has no dev predictions"):
+    report.load_run(bare)
