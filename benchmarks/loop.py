@@ -15,7 +15,9 @@ unless `--checkpoint`), the course files of `experiment`, and four measurements:
       windows anyway; dev_limit small; no test predictions). It writes
       WORKDIR/train_stats.json, one entry per log window.
   (d) evaluation: `evaluate.predict` over SST dev and STS dev (second pass; the first
-      compiles every bucket), examples/s (an STS example is a pair: 2 encodings).
+      compiles every bucket), examples/s (an STS example is a pair: 2 encodings), and
+      beside it HF PyTorch inference over the very same padded batches
+      (`torch_inference_seconds`), with the speed ratio.
 
 Compilation is kept out of (c)'s figure twice over: the JAX persistent compilation cache is
 on (a fresh temporary folder, every entry kept), so (b), which compiles the very same jitted
@@ -64,6 +66,8 @@ def parse_args(argv=None):
   p.add_argument("--eval_rows", type=int, default=0,
                  help="rows of each dev file for (d); 0 = all (SST 1101, STS 863 pairs)")
   p.add_argument("--skip_loop", action="store_true", help="only (a), (b), (d)")
+  p.add_argument("--skip_torch", action="store_true",
+                 help="no HF PyTorch inference beside (d)")
   p.add_argument("--tune_malloc", type=int, default=-1, choices=(-1, 0, 1),
                  help="the glibc malloc settings of mtbert_jax/runtime.py (re-exec): 1 on, "
                       "0 off, -1 (default) as launch.py does (on when JAX runs on the CPU)")
@@ -91,6 +95,35 @@ def make_config(args):
   c.eval.write_predictions = False
   c.jax_cache_dir = ""               # set here, below, not by launch.py
   return c
+
+
+def torch_inference_seconds(ckpt: str, tokset, batch: int, buckets, dtype: str) -> float:
+  """HF PyTorch's time for the same pass: `BertModel` under `torch.inference_mode` (eval
+  mode, HF's default attention), the same padded batches (`data.eval_batches`), every
+  segment encoded, mean-pooled as the embedded checkpoint's sentence vector; bfloat16
+  through `torch.autocast` when `dtype` is bfloat16. The second of two passes is timed."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  model = transformers.BertModel.from_pretrained(ckpt).eval()
+  batches = []
+  for b in data_lib.eval_batches(tokset, batch, buckets):
+    suffixes = [k.removeprefix("input_ids") for k in b if k.startswith("input_ids")]
+    batches.append({k: torch.from_numpy(np.concatenate([b[f"{k}{x}"] for x in suffixes]))
+                    .long() for k in ("input_ids", "attention_mask", "token_type_ids")})
+
+  def one_pass():
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,
+                                                enabled=dtype == "bfloat16"):
+      for b in batches:
+        hidden = model(**b).last_hidden_state
+        mask = b["attention_mask"][..., None].to(hidden.dtype)
+        (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+  one_pass()
+  t0 = time.perf_counter()
+  one_pass()
+  return time.perf_counter() - t0
 
 
 def cache_entries(path: str) -> int:
@@ -206,6 +239,11 @@ def main(argv=None):
     evals[task] = {"examples": len(tokset), "seconds": seconds,
                    "ex_per_s": len(tokset) / seconds,
                    "encodings_per_s": encodings * len(tokset) / seconds}
+    if not args.skip_torch:
+      torch_s = torch_inference_seconds(experiment.checkpoint_dir(config), tokset,
+                                        args.eval_batch, buckets, args.dtype)
+      evals[task].update(torch_seconds=torch_s, torch_ex_per_s=len(tokset) / torch_s,
+                         speedup_vs_torch=torch_s / seconds)
   del state, sequence
 
   # -- (c) the whole loop --------------------------------------------------------------------
@@ -246,7 +284,9 @@ def main(argv=None):
     print(f"{name:<42} {bps:>10.2f} {eps:>9.1f}  {extra}")
   for task, e in evals.items():
     print(f"(d) eval {task} dev: {e['examples']} examples in {e['seconds']:.2f} s = "
-          f"{e['ex_per_s']:.1f} ex/s ({e['encodings_per_s']:.1f} encodings/s)")
+          f"{e['ex_per_s']:.1f} ex/s ({e['encodings_per_s']:.1f} encodings/s)"
+          + (f"; HF PyTorch {e['torch_seconds']:.2f} s = {e['torch_ex_per_s']:.1f} ex/s: "
+             f"{e['speedup_vs_torch']:.2f}x (target >= 1.5x)" if "torch_seconds" in e else ""))
   ratios = {"pipeline_over_step": pipe_batches_per_s / step_steps_per_s}
   if loop:
     ratios["loop_over_step"] = loop["steps_per_s"] / step_steps_per_s
