@@ -138,7 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.keep = 1                   # resumable checkpoints kept (the best is kept separately)
-  c.ckpt.export_hf = False          # also write the best encoder as an HF folder (hf_encoder/)
+  c.ckpt.export_hf = False          # also write the best encoder to hf_encoder/: an HF
+                                    # BertModel folder that sentence-transformers loads too
 
   c.jax_cache_dir = "~/.cache/mtbert_jax/xla"  # persistent compilation cache; "" = off
   return c

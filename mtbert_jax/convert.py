@@ -175,10 +175,8 @@ def save_pretrained(out_dir: str, cfg: model_lib.BertConfig, params: dict,
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
   src = paths.resolve_checkpoint(vocab_from)
-  for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-               os.path.join("1_Pooling", "config.json")):
+  for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
     if os.path.isfile(os.path.join(src, name)):
-      os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
       shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
   if not os.path.isfile(os.path.join(out_dir, "vocab.txt")):
     raise FileNotFoundError(f"{src}: no vocab.txt to copy next to the saved weights")

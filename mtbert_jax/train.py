@@ -482,8 +482,9 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                                           best_step, dev_results=reuse,
                                           output_fns=output_fns)
   if s.ckpt.export_hf and jax.process_index() == 0:
-    from mtbert_jax import convert  # pylint: disable=import-outside-toplevel
-    convert.save_pretrained(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,
-                            jax.device_get(best_params["bert"]),
-                            vocab_from=s.model.checkpoint or None)
+    from mtbert_jax import export  # pylint: disable=import-outside-toplevel
+    path = export.export(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,
+                         jax.device_get(best_params["bert"]), mt_model.heads.cls_source, s,
+                         metrics, vocab_from=s.model.checkpoint or None)
+    log.info("wrote %s: loadable by transformers.BertModel and SentenceTransformer", path)
   return metrics
