@@ -70,6 +70,24 @@ def _parse_flags(argv):
     _fail(str(e).splitlines()[0])
 
 
+def _initialize_distributed(jax) -> None:
+  """`jax.distributed.initialize()`, from the cluster environment (SLURM, Open MPI, TPU,
+  Kubernetes) or from JAX_COORDINATOR_ADDRESS (read by JAX), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID (read here; JAX does not). CPU processes exchange data through gloo."""
+  kwargs = {}
+  for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    if os.environ.get(name):
+      try:
+        kwargs[arg] = int(os.environ[name])
+      except ValueError:
+        _fail(f"{name}={os.environ[name]!r}: expected an integer")
+  if os.environ.get("JAX_INITIALIZATION_TIMEOUT"):
+    kwargs["initialization_timeout"] = int(os.environ["JAX_INITIALIZATION_TIMEOUT"])
+  if runtime.cpu_only():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+
+
 def _help() -> str:
   """The module docstring, the flags, and every config field of configs/base.py."""
   here = os.path.dirname(os.path.abspath(__file__))
@@ -102,7 +120,7 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from mtbert_jax import checkpoint, console, evaluate, readers, settings, train, workdir
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    _initialize_distributed(jax)
   user_errors = (settings.ConfigError, workdir.WorkdirError, checkpoint.CheckpointError,
                  readers.DataError, train.TrainingStopped, FileNotFoundError,
                  IsADirectoryError)

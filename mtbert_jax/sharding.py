@@ -62,11 +62,21 @@ class Sharder:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
   def replicate(self, tree):
-    return jax.device_put(tree, self.replicated)
+    """`tree` (the same values on every host) as arrays replicated over the mesh. With
+    several processes the mesh has devices this process cannot address, so each process
+    puts its copy on its own devices (`make_array_from_process_local_data`)."""
+    if jax.process_count() == 1:
+      return jax.device_put(tree, self.replicated)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)),
+        tree)
 
   def dropout_key(self, seed: int, impl: str = "threefry2x32") -> jax.Array:
     """The run's base dropout key (each step folds in its step number), replicated."""
-    return self.replicate(jax.random.key(seed, impl=impl))
+    key = jax.random.key(seed, impl=impl)
+    if jax.process_count() == 1:
+      return self.replicate(key)
+    return jax.random.wrap_key_data(self.replicate(jax.random.key_data(key)), impl=impl)
 
 
 class Prefetcher:
