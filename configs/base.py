@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.cfimdb_weight = 0.0        # sentiment batches: sampling weight of CFIMDB vs SST (1.0)
   c.data.tweets_weight = 0.0        # sentiment batches: sampling weight of tweets vs SST (1.0)
   c.data.cfimdb_labels = (0, 4)     # CFIMDB negative/positive mapped to these SST classes
+  c.data.tfds_dir = ""              # data_dir of tfds:NAME:SPLIT values (any file field above
+                                    # may name a prepared TFDS dataset, e.g. tfds:glue/qqp:train;
+                                    # pip install -e ".[tfds]"); "" = TFDS's default folder
   c.data.on_invalid = "skip"        # a row that does not parse: "skip" it with a warning that
                                     # names file and line (quora-dev.csv has 2 such rows, which
                                     # the course's own loader also skips) | "raise" an error

@@ -152,7 +152,8 @@ def tokenize_once(path: str, tokenizer: Any, options: tuple[Any, ...],
   same files for every row."""
   vocab_file = os.path.abspath(getattr(tokenizer, "vocab_file", "") or "")
   vocab_key = _file_key(vocab_file) if os.path.isfile(vocab_file) else (vocab_file, 0, 0)
-  key = (_file_key(path), vocab_key, getattr(tokenizer, "model_max_length", None)) + options
+  path_key = _file_key(path) if os.path.exists(path) else (path, 0, 0)  # e.g. tfds:...
+  key = (path_key, vocab_key, getattr(tokenizer, "model_max_length", None)) + options
   if key not in _CACHE:
     _CACHE[key] = build()
   return _CACHE[key]

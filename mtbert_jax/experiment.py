@@ -21,6 +21,7 @@ from mtbert_jax import data as data_lib
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import model as model_lib
 from mtbert_jax import paths
+from mtbert_jax import readers
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import tokenization
 from mtbert_jax.settings import ConfigError, Settings
@@ -108,11 +109,15 @@ def tokenizer(s: Settings) -> tokenization.BertTokenizer:
 
 
 def data_path(s: Settings, field: str) -> str | None:
-  """The configured file of `data.<field>` (absolute), or None when it is not configured.
-  A configured file that does not exist is an error naming the flag and where it looked."""
+  """The configured file of `data.<field>` (absolute), a `tfds:NAME:SPLIT` dataset as is,
+  or None when it is not configured. A configured file that does not exist is an error
+  naming the flag and where it looked."""
   value = getattr(s.data, field)
   if not value:
     return None
+  if readers.is_tfds(value):  # a TFDS dataset: checked when it is opened
+    readers.parse_tfds(value)
+    return value
   if os.path.isabs(value):
     path, where = value, ""
   else:
@@ -133,8 +138,7 @@ def _load(s: Settings, tok, task: tasks_lib.Task, path: str) -> data_lib.Tokeniz
   heads = head_settings(s)
   return data_lib.tokenize_once(
       path, tok, (task.name, task.segments(heads), s.data.max_length, s.data.on_invalid),
-      lambda: task.tokenize(task.read(path, s.data.on_invalid), tok, s.data.max_length,
-                            heads))
+      lambda: task.tokenize(task.read(path, s.data), tok, s.data.max_length, heads))
 
 
 def load_split(s: Settings, tok, task: str, split: str) -> data_lib.TokenizedSet | None:

@@ -183,7 +183,7 @@ def _dev_rows(s: settings_lib.Settings, task: str):
   path = experiment.data_path(s, f"{task}_dev")
   if path is None:
     return None, None
-  rows = tasks_lib.get(task).read(path, s.data.on_invalid)
+  rows = tasks_lib.get(task).read(path, s.data)
   if task == "sst":
     texts = [(t,) for t in rows.texts]
   else:
@@ -192,10 +192,11 @@ def _dev_rows(s: settings_lib.Settings, task: str):
   return path, dict(zip(rows.ids[:n], zip(texts[:n], rows.labels[:n])))
 
 
-def load_run(workdir: str) -> Run:
-  """A finished workdir's settings, metrics, history, and dev outputs with gold labels."""
+def load_run(workdir: str, fill_from: settings_lib.Settings | None = None) -> Run:
+  """A finished workdir's settings, metrics, history, and dev outputs with gold labels.
+  `fill_from`: settings whose values stand in for fields an older config.json lacks."""
   workdir = workdir_lib.prepare(workdir, create=False)
-  s = workdir_lib.load_settings(workdir)
+  s = workdir_lib.load_settings(workdir, fill_from)
   metrics_file = os.path.join(workdir, "metrics.json")
   metrics = {}
   if os.path.isfile(metrics_file):
@@ -471,8 +472,12 @@ def main(argv):
   if len(argv) > 1 or not _WORKDIRS.value:
     raise app.UsageError("usage: python -m mtbert_jax.report --workdir=DIR [--workdir=DIR2 "
                          "...] [--out=DIR]")
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import base  # pylint: disable=import-outside-toplevel
+  defaults = settings_lib.from_dict(base.get_config().to_dict())
   try:
-    runs = [load_run(w) for w in _WORKDIRS.value]
+    runs = [load_run(w, defaults) for w in _WORKDIRS.value]
     out = _OUT.value or os.path.join(runs[0].workdir, "report")
     path = write_report(runs, out, _TOP_K.value)
   except (ReportError, workdir_lib.WorkdirError, settings_lib.ConfigError,

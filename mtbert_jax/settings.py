@@ -128,6 +128,7 @@ class DataSettings:
   tweets_weight: float
   cfimdb_labels: tuple[int, ...]
   on_invalid: str
+  tfds_dir: str
 
   def __post_init__(self):
     if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or min(
@@ -400,23 +401,41 @@ def _convert(value: Any, hint: Any, field: str) -> Any:
   raise TypeError(f"{field}: unsupported annotation {hint!r}")
 
 
-def _build(cls, d: dict[str, Any], prefix: str = ""):
+def _build(cls, d: dict[str, Any], prefix: str = "", fill: dict[str, Any] | None = None,
+           filled: list[str] | None = None):
   hints = typing.get_type_hints(cls)
   names = [f.name for f in dataclasses.fields(cls)]
   for key in d:
     if key not in hints:
       raise ConfigError(unknown_field_message(prefix + key, names))
   missing = [n for n in names if n not in d]
+  if missing and fill is not None:
+    d = {**d, **{n: fill[n] for n in missing}}
+    filled.extend(prefix + n for n in missing)
+    missing = []
   if missing:
     raise ConfigError(f"config lacks the field(s) {[prefix + n for n in missing]}: it was "
                       "written by another version of mtbert_jax (configs/base.py lists the "
                       "current fields)")
-  return cls(**{n: _convert(d[n], hints[n], prefix + n) for n in names})
+  values = {}
+  for n in names:
+    if dataclasses.is_dataclass(hints[n]) and isinstance(d[n], dict):
+      values[n] = _build(hints[n], d[n], f"{prefix}{n}.",
+                         None if fill is None else fill[n], filled)
+    else:
+      values[n] = _convert(d[n], hints[n], prefix + n)
+  return cls(**values)
 
 
-def from_dict(d: dict[str, Any]) -> Settings:
-  """Settings from a nested dict (`ConfigDict.to_dict()`, or a workdir's config.json)."""
-  return _build(Settings, d)
+def from_dict(d: dict[str, Any], fill_from: "Settings | None" = None,
+              filled: list[str] | None = None) -> Settings:
+  """Settings from a nested dict (`ConfigDict.to_dict()`, or a workdir's config.json).
+
+  Every field must be there, unless `fill_from` is given: then a missing field (a
+  config.json written before the field existed) takes `fill_from`'s value, and its name is
+  appended to `filled`."""
+  fill = None if fill_from is None else to_dict(fill_from)
+  return _build(Settings, d, "", fill, [] if filled is None else filled)
 
 
 def _plain(value: Any) -> Any:

@@ -44,7 +44,7 @@ def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
 class Task:
   """One task: data, segments, head, loss, prediction, metric and output file."""
   name: str
-  read: Callable[[str, str], Any]  # (path, on_invalid) -> rows (readers.py)
+  read: Callable[[str, Any], Any]  # (path, DataSettings) -> rows (readers.py)
   # (rows, tokenizer, max_length, heads) -> the tokenized set of those rows.
   tokenize: Callable[..., data_lib.TokenizedSet]
   # Batch-key suffixes of one example's inputs, given the heads: ("",), ("_1", "_2"), ...
@@ -105,8 +105,8 @@ def _sentiment_extras(s: settings_lib.Settings, tok, path_of) -> list:
     tokset = data_lib.tokenize_once(
         path, tok, ("cfimdb", d.max_length, d.on_invalid, neg, pos),
         lambda: data_lib.tokenize_sentences(readers.read_sentiment(
-            path, num_classes=2, label_map={0: neg, 1: pos}, on_invalid=d.on_invalid),
-            tok, d.max_length))
+            path, num_classes=2, label_map={0: neg, 1: pos}, on_invalid=d.on_invalid,
+            tfds_dir=d.tfds_dir), tok, d.max_length))
     extras.append((tokset, d.cfimdb_weight))
   if d.tweets_weight > 0:
     path = path_of("tweets")
@@ -130,8 +130,8 @@ def _nli_loss(embeddings, labels, weights, s: settings_lib.Settings):
 
 TABLE: dict[str, Task] = {
     "sst": Task(
-        name="sst", read=lambda path, on_invalid: readers.read_sentiment(path,
-                                                                        on_invalid=on_invalid),
+        name="sst", read=lambda path, d: readers.read_sentiment(
+            path, on_invalid=d.on_invalid, tfds_dir=d.tfds_dir),
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
             rows, tok, max_length),
         segments=lambda heads: ("",), output="sst_output",
@@ -142,8 +142,8 @@ TABLE: dict[str, Task] = {
         metric="sst_acc", score=accuracy, prediction_file="sst",
         prediction_header="Predicted_Sentiment", extra_train_sources=_sentiment_extras),
     "para": Task(
-        name="para", read=lambda path, on_invalid: readers.read_pairs(path, "paraphrase",
-                                                                     on_invalid),
+        name="para", read=lambda path, d: readers.read_pairs(path, "paraphrase", d.on_invalid,
+                                                            d.tfds_dir),
         tokenize=_tokenize_pairs(_para_joint, heads_lib.PARAPHRASE_PROMPT),
         segments=_pair_segments(_para_joint), output="para_output",
         loss=lambda out, y, w, s: losses.sigmoid_binary_cross_entropy(out, y, w),
@@ -152,8 +152,8 @@ TABLE: dict[str, Task] = {
         metric="para_acc", score=accuracy, prediction_file="para",
         prediction_header="Predicted_Is_Paraphrase"),
     "sts": Task(
-        name="sts", read=lambda path, on_invalid: readers.read_pairs(path, "similarity",
-                                                                    on_invalid),
+        name="sts", read=lambda path, d: readers.read_pairs(path, "similarity", d.on_invalid,
+                                                           d.tfds_dir),
         tokenize=_tokenize_pairs(_sts_joint, None),
         segments=_pair_segments(_sts_joint), output="sts_output",
         loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
@@ -163,7 +163,7 @@ TABLE: dict[str, Task] = {
         prediction_header="Predicted_Similiary",  # sic: the course's spelling
         format_value=lambda v: repr(float(v))),
     "nli": Task(
-        name="nli", read=readers.read_triplets,
+        name="nli", read=lambda path, d: readers.read_triplets(path, d.on_invalid, d.tfds_dir),
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_triplets(
             rows, tok, max_length),
         segments=lambda heads: ("_1", "_2", "_3"),

@@ -20,6 +20,7 @@ import datetime
 import fcntl
 import fnmatch
 import json
+import logging
 import os
 import socket
 import sys
@@ -27,13 +28,15 @@ from typing import Any, Iterator
 
 from mtbert_jax import settings as settings_lib
 
+log = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 
 # Fields that may differ from config.json, per mode (fnmatch patterns over flat names).
 _ALWAYS = ("train.log_every", "train.eval_every", "train.ckpt_every", "train.progress",
            "eval.batch_size", "eval.write_predictions", "ckpt.keep", "ckpt.export_hf",
-           "jax_cache_dir", "data.dir", "data.*_test")
+           "jax_cache_dir", "data.dir", "data.tfds_dir", "data.*_test")
 FREE = {
     # Resuming continues the same training: only the step budget may grow, and what is
     # logged, saved or evaluated (dev sets and their padding) may change.
@@ -110,8 +113,11 @@ def has_settings(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, CONFIG_FILE))
 
 
-def load_settings(workdir: str) -> settings_lib.Settings:
-  """The settings a workdir was trained with (its config.json)."""
+def load_settings(workdir: str, fill_from: settings_lib.Settings | None = None
+                  ) -> settings_lib.Settings:
+  """The settings a workdir was trained with (its config.json). A field that config.json
+  lacks (written by a version before the field existed) is an error, or, with `fill_from`,
+  takes that value with a warning that names it."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise WorkdirError(f"{path} not found: is {workdir} the --workdir of a training run?")
@@ -120,10 +126,16 @@ def load_settings(workdir: str) -> settings_lib.Settings:
       d = json.load(f)
     except json.JSONDecodeError as e:
       raise settings_lib.ConfigError(f"{path}: not valid JSON ({e})") from e
+  filled: list[str] = []
   try:
-    return settings_lib.from_dict(d)
+    s = settings_lib.from_dict(d, fill_from, filled)
   except settings_lib.ConfigError as e:
     raise settings_lib.ConfigError(f"{path}: {e}") from e
+  if filled:
+    values = settings_lib.flatten(settings_lib.to_dict(fill_from))
+    log.warning("%s lacks %s (fields added since it was written): using %s", path,
+                ", ".join(filled), ", ".join(f"{f}={values[f]!r}" for f in filled))
+  return s
 
 
 def differences(saved: settings_lib.Settings, new: settings_lib.Settings,
@@ -139,7 +151,7 @@ def differences(saved: settings_lib.Settings, new: settings_lib.Settings,
 def check_contract(workdir: str, new: settings_lib.Settings, mode: str) -> None:
   """Refuses `new` for `mode` ("resume" or "eval") when it differs from the trained settings
   in a field that mode may not change; the message lists each field and both values."""
-  diff = differences(load_settings(workdir), new, mode)
+  diff = differences(load_settings(workdir, fill_from=new), new, mode)
   if diff:
     lines = "\n".join(f"  --config.{k}: trained {a!r}, now {b!r}" for k, a, b in diff)
     action = {"resume": "resume", "eval": "evaluate or predict with"}[mode]
