@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.heads = ml_collections.ConfigDict()
   c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper: relu(logits)^2) |
                                     # "mlp": hidden layer with squared ReLU, then linear
-  c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt": cross-encoder
+  c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt":
+                                    # the paper's prompted cross-encoder
   c.heads.similarity = "linear"     # "linear" on [u;v;|u-v|;u*v] | "cosine": shared layer, 5*cos
                                     # | "cross": cross-encoder over the joint pair
   c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)

@@ -115,8 +115,9 @@ def data_path(s: Settings, field: str) -> str | None:
   value = getattr(s.data, field)
   if not value:
     return None
-  if readers.is_tfds(value):  # a TFDS dataset: checked when it is opened
-    readers.parse_tfds(value)
+  if readers.is_tfds(value):  # a TFDS dataset: its name is checked now, the rest on opening
+    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+    tfds_source.parse_tfds(value)
     return value
   if os.path.isabs(value):
     path, where = value, ""

@@ -21,9 +21,15 @@ import numpy as np
 
 TWEET_LABELS = {"negative": 0, "neutral": 2, "positive": 4}
 
-_SIMILARITY_MAX = 5.0
+SIMILARITY_MAX = 5.0
 
 _LOG = logging.getLogger(__name__)
+
+TFDS_PREFIX = "tfds:"  # a data path of this form names a TFDS dataset (tfds_source.py)
+
+
+def is_tfds(path: str) -> bool:
+  return path.startswith(TFDS_PREFIX)
 
 
 class DataError(ValueError):
@@ -68,7 +74,7 @@ class TripletRows:
     return len(self.anchor)
 
 
-def _check_on_invalid(on_invalid: str) -> None:
+def check_on_invalid(on_invalid: str) -> None:
   if on_invalid not in ("raise", "skip"):
     raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
 
@@ -131,7 +137,7 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
   Returns:
     The parsed rows in file order.
   """
-  _check_on_invalid(on_invalid)
+  check_on_invalid(on_invalid)
   sep_name = _sep_name(delimiter)
   lines = _lines(path)
   first = next(lines, None)
@@ -234,7 +240,8 @@ def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | 
     data_dir).
   """
   if is_tfds(path):
-    return read_tfds_sentiment(path, tfds_dir, num_classes, label_map, on_invalid)
+    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+    return tfds_source.read_sentiment(path, tfds_dir, num_classes, label_map, on_invalid)
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, int | None]:
     label = None
@@ -272,7 +279,8 @@ def read_pairs(path: str, task: str, on_invalid: str = "raise",
   else:
     raise ValueError(f"task must be 'paraphrase' or 'similarity', got {task!r}")
   if is_tfds(path):
-    return read_tfds_pairs(path, task, tfds_dir, on_invalid)
+    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+    return tfds_source.read_pairs(path, task, tfds_dir, on_invalid)
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, str, float | None]:
     label = None
@@ -281,9 +289,9 @@ def read_pairs(path: str, task: str, on_invalid: str = "raise",
         label = _class_label(fields, label_column, where, 2)
       else:
         label = _number(fields, label_column, where)
-        if not 0.0 <= label <= _SIMILARITY_MAX:
+        if not 0.0 <= label <= SIMILARITY_MAX:
           raise DataError(f"{where}: column {label_column!r} is {fields[label_column].strip()!r},"
-                          f" expected a similarity in [0, {_SIMILARITY_MAX:g}]")
+                          f" expected a similarity in [0, {SIMILARITY_MAX:g}]")
     return (_text(fields, "id", where), _text(fields, "sentence1", where),
             _text(fields, "sentence2", where), label)
 
@@ -301,7 +309,8 @@ def read_triplets(path: str, on_invalid: str = "raise",
   """Reads the comma-separated SimCSE NLI file (columns `sent0`, `sent1`, `hard_neg`), or
   builds triplets (premise, an entailed, a contradicting hypothesis) from a TFDS NLI set."""
   if is_tfds(path):
-    return read_tfds_triplets(path, tfds_dir, on_invalid)
+    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+    return tfds_source.read_triplets(path, tfds_dir, on_invalid)
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, str]:
     return (_text(fields, "sent0", where), _text(fields, "sent1", where),
@@ -356,153 +365,3 @@ def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:
         return False
     del number
   return seen
-
-
-# ---------------------------------------------------------------------------------------
-# TensorFlow Datasets (optional: pip install -e ".[tfds]"; no TensorFlow needed).
-
-TFDS_PREFIX = "tfds:"
-
-
-def is_tfds(path: str) -> bool:
-  return path.startswith(TFDS_PREFIX)
-
-
-def parse_tfds(spec: str) -> tuple[str, str]:
-  """"tfds:glue/qqp:train" -> ("glue/qqp", "train"); the split may be any TFDS split
-  expression such as "train[:10%]"."""
-  body = spec[len(TFDS_PREFIX):]
-  name, sep, split = body.rpartition(":")
-  if not sep or not name or not split:
-    raise DataError(f"{spec}: expected tfds:NAME[/CONFIG]:SPLIT, e.g. tfds:glue/qqp:train")
-  return name, split
-
-
-def _tfds_examples(spec: str, data_dir: str | None):
-  """The examples of a prepared TFDS dataset as dicts of NumPy values, in the dataset's
-  order, through `tfds.data_source` (ArrayRecord files: no TensorFlow)."""
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise DataError(f"{spec}: reading TFDS datasets needs the optional extra: "
-                    "pip install -e '.[tfds]' (tensorflow-datasets and array_record, no "
-                    "TensorFlow)") from e
-  name, split = parse_tfds(spec)
-  try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-  except Exception as e:  # TFDS raises many types for a missing or unprepared dataset
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(f"{spec}: cannot open the TFDS dataset {name!r}, split {split!r} under "
-                    f"data_dir {data_dir or '(TFDS default)'} ({first}). Prepare it first "
-                    "(tfds build, or download_and_prepare) in ArrayRecord format; "
-                    "--config.data.tfds_dir sets the folder") from None
-  for i in range(len(source)):
-    yield i, source[i]
-
-
-def _str(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-# Feature names of the datasets users reach for, by the row type they make.
-_PAIR_FEATURES = (("question1", "question2"), ("sentence1", "sentence2"))
-
-
-def _tfds_rows(spec: str, kind: str, data_dir: str | None, on_invalid: str):
-  """Rows of a TFDS dataset, by its feature names: pairs from question1/question2 (QQP)
-  or sentence1/sentence2 (STS-B, MRPC) with `label`; sentences from `text` or `sentence`
-  with `label`; triplets from premise/hypothesis/label (SNLI, MultiNLI: 0 entailment, 2
-  contradiction). A label of -1 (GLUE's unlabeled test splits) in every example reads as
-  unlabeled."""
-  _check_on_invalid(on_invalid)
-  ids, a, b, labels, skipped = [], [], [], [], []
-  groups: dict[str, dict[str, str]] = {}
-  keys = None
-  for i, ex in _tfds_examples(spec, data_dir):
-    where = f"{spec}: example {i}"
-    try:
-      if keys is None:
-        keys = set(ex)
-      if kind == "triplets":
-        if not {"premise", "hypothesis", "label"} <= keys:
-          raise DataError(f"{spec}: features {sorted(keys)} lack premise/hypothesis/label")
-        label = int(ex["label"])
-        if label in (0, 2):
-          group = groups.setdefault(_str(ex["premise"]).strip(), {})
-          group.setdefault("pos" if label == 0 else "neg", _str(ex["hypothesis"]).strip())
-        continue
-      if kind == "pairs":
-        names = next((p for p in _PAIR_FEATURES if set(p) <= keys), None)
-        if names is None or "label" not in keys:
-          raise DataError(f"{spec}: features {sorted(keys)} lack a sentence pair "
-                          f"({' or '.join('/'.join(p) for p in _PAIR_FEATURES)}) and label")
-        texts = [_str(ex[n]).strip() for n in names]
-      else:
-        name = "text" if "text" in keys else "sentence" if "sentence" in keys else None
-        if name is None or "label" not in keys:
-          raise DataError(f"{spec}: features {sorted(keys)} lack text (or sentence) and "
-                          "label")
-        texts = [_str(ex[name]).strip()]
-      if not all(texts):
-        raise DataError(f"{where}: an empty text")
-      label = ex["label"]
-      ids.append(_str(ex["idx"]) if "idx" in ex else str(i))
-      a.append(texts[0])
-      b.append(texts[-1])
-      labels.append(label)
-    except DataError as e:
-      if on_invalid == "raise" or keys is None or "lack" in str(e):
-        raise
-      skipped.append(str(e))
-  if kind == "triplets":
-    kept = [(p, g["pos"], g["neg"]) for p, g in groups.items() if len(g) == 2]
-    if not kept:
-      raise DataError(f"{spec}: no premise has both an entailment and a contradiction")
-    return TripletRows([t[0] for t in kept], [t[1] for t in kept], [t[2] for t in kept])
-  if not ids:
-    raise DataError(f"{spec}: the split has no examples")
-  if skipped:
-    _LOG.warning("%s: skipped %d of %d examples (%s)", spec, len(skipped),
-                 len(skipped) + len(ids), "; ".join(skipped[:3]))
-  values = np.asarray(labels, np.float64)
-  return ids, a, b, None if np.all(values == -1) else values
-
-
-def _check_tfds_labels(spec: str, labels: np.ndarray, low: float, high: float,
-                       integer: bool) -> None:
-  bad = np.flatnonzero((labels < low) | (labels > high) |
-                       ((labels != np.round(labels)) if integer else False))
-  if len(bad):
-    raise DataError(f"{spec}: example {bad[0]}: label {float(labels[bad[0]]):g}, expected "
-                    f"{'an integer class' if integer else 'a value'} in {low:g}..{high:g} "
-                    f"({len(bad)} such examples)")
-
-
-def read_tfds_sentiment(spec: str, data_dir: str | None, num_classes: int = 5,
-                        label_map: dict[int, int] | None = None,
-                        on_invalid: str = "raise") -> SentenceRows:
-  ids, texts, _, labels = _tfds_rows(spec, "sentences", data_dir, on_invalid)
-  if labels is not None:
-    _check_tfds_labels(spec, labels, 0, num_classes - 1, True)
-    labels = labels.astype(np.int32)
-    if label_map is not None:
-      labels = np.asarray([label_map[int(v)] for v in labels], np.int32)
-  return SentenceRows(ids, texts, labels)
-
-
-def read_tfds_pairs(spec: str, task: str, data_dir: str | None,
-                    on_invalid: str = "raise") -> PairRows:
-  ids, a, b, labels = _tfds_rows(spec, "pairs", data_dir, on_invalid)
-  if labels is not None:
-    if task == "paraphrase":
-      _check_tfds_labels(spec, labels, 0, 1, True)
-      labels = labels.astype(np.int32)
-    else:
-      _check_tfds_labels(spec, labels, 0, _SIMILARITY_MAX, False)
-      labels = labels.astype(np.float32)
-  return PairRows(ids, a, b, labels)
-
-
-def read_tfds_triplets(spec: str, data_dir: str | None, on_invalid: str = "raise"
-                       ) -> TripletRows:
-  return _tfds_rows(spec, "triplets", data_dir, on_invalid)

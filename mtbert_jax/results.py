@@ -126,7 +126,8 @@ def markdown(results: dict) -> str:
   if base:
     lines += ["## Single-task baselines (HF PyTorch, float32)", "",
               f"`{base.get('command', '')}`; {base.get('machine', '')}; {base.get('date', '')}.",
-              "", "| baseline | metric | dev, mean ± std | seeds | steps of 32 |", "|---|---|---|---|---|"]
+              "", "| baseline | metric | dev, mean ± std | seeds | steps of 32 |",
+              "|---|---|---|---|---|"]
     for task, t in base["tasks"].items():
       steps = t["runs"][0]["steps"]
       lines.append(f"| {task} | {t['metric']} | {_cell(t)} | {len(t['seeds'])} | {steps} |")

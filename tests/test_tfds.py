@@ -14,6 +14,7 @@ from configs import smoke
 from mtbert_jax import experiment
 from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import tfds_source
 from mtbert_jax import train
 
 tfds = pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
@@ -73,7 +74,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def test_readers_map_tfds_features_to_rows(tfds_dir):
-  pairs = readers.read_tfds_pairs("tfds:tiny_qqp:train", "paraphrase", tfds_dir)
+  pairs = tfds_source.read_pairs("tfds:tiny_qqp:train", "paraphrase", tfds_dir)
   assert len(pairs) == 40 and set(pairs.labels.tolist()) == {0, 1}
   assert pairs.labels.dtype == np.int32 and all("learn" in t for t in pairs.texts_a)
   by_id = dict(zip(pairs.ids, pairs.labels))
@@ -92,14 +93,14 @@ def test_readers_map_tfds_features_to_rows(tfds_dir):
 def test_tfds_errors_are_clear(tfds_dir):
   with pytest.raises(readers.DataError, match=r"tfds:nope:train: cannot open the TFDS "
                                               r"dataset 'nope'"):
-    readers.read_tfds_pairs("tfds:nope:train", "paraphrase", tfds_dir)
+    tfds_source.read_pairs("tfds:nope:train", "paraphrase", tfds_dir)
   with pytest.raises(readers.DataError, match=r"expected tfds:NAME\[/CONFIG\]:SPLIT"):
-    readers.parse_tfds("tfds:qqp")
+    tfds_source.parse_tfds("tfds:qqp")
   with pytest.raises(readers.DataError, match=r"lack a sentence pair"):
-    readers.read_tfds_pairs("tfds:tiny_imdb:train", "paraphrase", tfds_dir)
+    tfds_source.read_pairs("tfds:tiny_imdb:train", "paraphrase", tfds_dir)
   with pytest.raises(readers.DataError, match=r"example \d+: label [0-9.]+, expected an integer "
                                               r"class in 0..1"):
-    readers.read_tfds_pairs("tfds:tiny_stsb:train", "paraphrase", tfds_dir)
+    tfds_source.read_pairs("tfds:tiny_stsb:train", "paraphrase", tfds_dir)
 
 
 def test_a_run_trains_on_tfds_sets(tfds_dir, tiny_ckpt_dir, data_dir, tmp_path):

@@ -334,7 +334,8 @@ def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):
   def fn(state, batch, key):
     return train.train_step(state, batch, key, task="sst", mt_model=m, s=config, tx=tx)
 
-  step = jax.jit(chex.assert_max_traces(fn, n=3), in_shardings=(sharder.replicated, sharder.batch, sharder.replicated),
+  step = jax.jit(chex.assert_max_traces(fn, n=3),
+                 in_shardings=(sharder.replicated, sharder.batch, sharder.replicated),
                  donate_argnums=(0,))
   state = sharder.replicate(train.init_state(params, tx, config))
   it = data_lib.TrainIterator(sources=[tokset], mix_weights=None, batch_size=8,
