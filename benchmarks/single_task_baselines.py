@@ -15,7 +15,7 @@ multitask model beside it:
 
 Every fine-tune: AdamW (torch) lr 5e-5 constant, weight decay 0.01, batch 32, max length
 128, dynamic padding (each batch padded to its longest input), shuffled every epoch by the
-seed, float32. The rows are read with the project's own readers (`mtbert_jax.data`, no JAX
+seed, float32. The rows are read with the project's own readers (`mtbert_jax.readers`, no JAX
 inside), so both sides see the same examples (the two malformed rows of quora-dev.csv are
 skipped by both). Test-only dependencies: torch, transformers.
 
@@ -23,7 +23,9 @@ skipped by both). Test-only dependencies: torch, transformers.
   python benchmarks/single_task_baselines.py --tasks=sts --seeds=0 --epochs_scale=0.1
 
 The output JSON has one entry per task with the dev metric of each seed, the steps, the
-seconds, and the machine; `mtbert_jax.results` reads it into docs/results.json.
+seconds, and the machine, written after every run; rerunning with the same `--out` keeps
+the runs it holds and adds the missing ones. `mtbert_jax.results` reads it into
+docs/results.json.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mtbert_jax import data as data_lib  # pylint: disable=wrong-import-position
+from mtbert_jax import readers  # pylint: disable=wrong-import-position
 from mtbert_jax import paths  # pylint: disable=wrong-import-position
 
 # task -> (train file, dev file, epochs, num_labels, metric key)
@@ -71,10 +73,10 @@ def parse_args(argv=None):
 def read_task(task: str, path: str, limit: int = 0):
   """(texts, second texts or None, labels) of a course file, via the project's readers."""
   if task == "sst":
-    rows = data_lib.read_sentiment(path, on_invalid="skip")
+    rows = readers.read_sentiment(path, on_invalid="skip")
     a, b = rows.texts, None
   else:
-    rows = data_lib.read_pairs(path, "paraphrase" if task == "para" else "similarity",
+    rows = readers.read_pairs(path, "paraphrase" if task == "para" else "similarity",
                                on_invalid="skip")
     a, b = rows.texts_a, rows.texts_b
   labels = rows.labels
@@ -191,21 +193,32 @@ def main(argv=None):
                                                          "weight_decay", "epochs_scale",
                                                          "dev_limit")},
              "tasks": {}}
+  if args.out and os.path.isfile(args.out):  # runs finished earlier are kept, not repeated
+    with open(args.out, encoding="utf-8") as f:
+      results["tasks"] = json.load(f).get("tasks", {})
   for task in tasks:
-    runs = ([zero_shot_sts(args, ckpt, data_dir)] if task == "sts_zero_shot" else
-            [dict(fine_tune(task, seed, args, ckpt, data_dir), seed=seed) for seed in seeds])
-    values = [r["value"] for r in runs]
-    results["tasks"][task] = {
-        "metric": runs[0]["metric"], "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-        "seeds": values, "runs": runs}
-    print(f"{task}: {runs[0]['metric']} mean {np.mean(values):.4f} over {len(values)} run(s): "
-          + ", ".join(f"{v:.4f}" for v in values), file=sys.stderr, flush=True)
-    if args.out:  # after every task, so a stopped run keeps what it finished
-      tmp = args.out + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-      os.replace(tmp, args.out)
+    runs = list(results["tasks"].get(task, {}).get("runs", []))
+    done = {r.get("seed") for r in runs}
+    for seed in ([None] if task == "sts_zero_shot" else seeds):
+      if seed in done:
+        continue
+      if task == "sts_zero_shot":
+        runs.append(dict(zero_shot_sts(args, ckpt, data_dir), seed=None))
+      else:
+        runs.append(dict(fine_tune(task, seed, args, ckpt, data_dir), seed=seed))
+      values = [r["value"] for r in runs]
+      results["tasks"][task] = {
+          "metric": runs[0]["metric"], "mean": float(np.mean(values)),
+          "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+          "seeds": values, "runs": runs}
+      print(f"{task} seed {seed}: {runs[-1]['metric']} {runs[-1]['value']:.4f}",
+            file=sys.stderr, flush=True)
+      runs.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])
+      if args.out:  # after every run, so a stopped invocation keeps what it finished
+        tmp = args.out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+          json.dump(results, f, indent=2)
+        os.replace(tmp, args.out)
   if not args.out:
     print(json.dumps(results, indent=2))
 
