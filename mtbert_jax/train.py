@@ -274,10 +274,9 @@ class _Health:
   grew by `DIVERGENCE_FACTOR` over its first measured window, before that state can become
   a checkpoint."""
 
-  def __init__(self, start: int, resume_dir: str):
-    self.start, self.resume_dir = start, resume_dir
+  def __init__(self, resume_dir: str, last_saved: int | None = None):
+    self.resume_dir, self.last_saved = resume_dir, last_saved
     self.first: dict[str, float] = {}
-    self.last_saved: int | None = None
 
   def _stop(self, step: int, what: str, cause: str):
     saved = (f"the last checkpoint, step {self.last_saved}, is in {self.resume_dir} (the run "
@@ -332,16 +331,11 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
   workdir = workdir_lib.prepare(workdir, create=True)
   # Signals are caught from here on: one that arrives while data loads or steps compile
   # stops the run after its first step, with a checkpoint.
-  with (workdir_lib.lock(workdir, "train") if jax.process_index() == 0 else _no_lock(),
-        Interrupt() as interrupt):
+  with (workdir_lib.lock(workdir, "train") if jax.process_index() == 0
+        else contextlib.nullcontext(), Interrupt() as interrupt):
     if workdir_lib.has_settings(workdir):
       workdir_lib.check_contract(workdir, s, "resume")
     return _train_and_evaluate(s, workdir, interrupt)
-
-
-@contextlib.contextmanager
-def _no_lock():
-  yield
 
 
 def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict[str, float]:
@@ -362,7 +356,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   del params, bert_params
 
   ckpts = ckpt_lib.Checkpoints(workdir, keep=s.ckpt.keep)
-  health = _Health(0, str(ckpts.resume.directory))
+  health = _Health(str(ckpts.resume.directory))
   best_score, best_step = -math.inf, -1
   start = 0
   if ckpts.latest_step() is not None:
@@ -371,8 +365,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     for task, it_state in meta["iterators"].items():
       iterators[task].set_state(it_state)
     best_score, best_step = float(meta["best_score"]), int(meta["best_step"])
-    health = _Health(start, str(ckpts.resume.directory))
-    health.last_saved = start
+    health = _Health(str(ckpts.resume.directory), last_saved=start)
     log.info("resumed from %s at step %d (best dev average %.4f at step %d)",
              ckpts.resume.directory, start, best_score, best_step)
   if jax.process_index() == 0:
