@@ -178,9 +178,14 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
       skipped.append((number, str(e).removeprefix(where + ": ")))
   if not rows and not skipped:
     raise DataError(f"{path}: has a header but no data rows")
-  if skipped:
-    shown = "; ".join(f"line {n}: {msg}" for n, msg in skipped[:3])
-    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+  if skipped:  # one line per file; rows with the same problem share one mention
+    by_message: dict[str, list[int]] = {}
+    for number, msg in skipped:
+      by_message.setdefault(msg, []).append(number)
+    shown = "; ".join(
+        f"line{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns[:5]))}"
+        f"{' ...' if len(ns) > 5 else ''}: {msg}" for msg, ns in list(by_message.items())[:3])
+    more = f"; {len(by_message) - 3} other problems" if len(by_message) > 3 else ""
     _LOG.warning("%s: skipped %d of %d rows that do not parse (%s%s)", path, len(skipped),
                  len(skipped) + len(rows), shown, more)
   return rows
