@@ -68,6 +68,10 @@ def parse_args(argv=None):
   p.add_argument("--skip_loop", action="store_true", help="only (a), (b), (d)")
   p.add_argument("--skip_torch", action="store_true",
                  help="no HF PyTorch inference beside (d)")
+  p.add_argument("--eval_dtype", default="", choices=["", "float32", "bfloat16"],
+                 help="eval.dtype of (d) (default: --dtype)")
+  p.add_argument("--torch_eval_dtype", default="", choices=["", "float32", "bfloat16"],
+                 help="PyTorch's precision in (d) (default: the JAX side's)")
   p.add_argument("--tune_malloc", type=int, default=-1, choices=(-1, 0, 1),
                  help="the glibc malloc settings of mtbert_jax/runtime.py (re-exec): 1 on, "
                       "0 off, -1 (default) as launch.py does (on when JAX runs on the CPU)")
@@ -224,7 +228,7 @@ def main(argv=None):
 
   # -- (d) evaluation throughput: evaluate.predict on SST dev and STS dev --------------------
   eval_config = config.replace(data={"dev_limit": args.eval_rows})
-  output_fns = eval_lib.make_output_fns(mt_model)
+  output_fns = eval_lib.make_output_fns(mt_model, args.eval_dtype)
   buckets = eval_config.eval_buckets
   evals = {}
   for task in ("sst", "sts"):
@@ -241,7 +245,8 @@ def main(argv=None):
                    "encodings_per_s": encodings * len(tokset) / seconds}
     if not args.skip_torch:
       torch_s = torch_inference_seconds(experiment.checkpoint_dir(config), tokset,
-                                        args.eval_batch, buckets, args.dtype)
+                                        args.eval_batch, buckets,
+                                        args.torch_eval_dtype or args.eval_dtype or args.dtype)
       evals[task].update(torch_seconds=torch_s, torch_ex_per_s=len(tokset) / torch_s,
                          speedup_vs_torch=torch_s / seconds)
   del state, sequence

@@ -138,6 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 128           # examples per evaluation batch (global)
   c.eval.buckets = ()               # padded lengths for evaluation; () = data.buckets. Finer
                                     # buckets pad less (forward-only steps compile quickly)
+  c.eval.dtype = ""                 # compute dtype of evaluation and prediction: "" = the
+                                    # model's (model.dtype) | "float32" | "bfloat16"
   c.eval.write_predictions = True   # write predictions/*.csv after training and in eval mode
 
   c.ckpt = ml_collections.ConfigDict()

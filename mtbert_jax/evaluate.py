@@ -16,6 +16,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtbert_jax import checkpoint as ckpt_lib
@@ -33,8 +34,11 @@ from mtbert_jax.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def make_output_fns(mt_model: heads_lib.MultitaskModel) -> dict[str, Callable]:
-  """Jitted `fn(params, batch) -> task output [B]` per evaluated task, dropout off."""
+def make_output_fns(mt_model: heads_lib.MultitaskModel, dtype: str = "") -> dict[str, Callable]:
+  """Jitted `fn(params, batch) -> task output [B]` per evaluated task, dropout off, in the
+  compute `dtype` ("" = the model's; the parameters stay as they are)."""
+  if dtype:
+    mt_model = mt_model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
   def output_fn(task: tasks_lib.Task):
     def fn(params, batch):
       inputs = objective.stack_segments(batch, task.segments(mt_model.heads))
@@ -162,7 +166,7 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
   dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
   `output_fns`: the loop's jitted output functions, so their compiled shapes are reused.
   """
-  output_fns = output_fns or make_output_fns(mt_model)
+  output_fns = output_fns or make_output_fns(mt_model, s.eval.dtype)
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")

@@ -273,10 +273,12 @@ class SimcseSettings:
 class EvalSettings:
   batch_size: int
   buckets: tuple[int, ...]
+  dtype: str
   write_predictions: bool
 
   def __post_init__(self):
     _at_least("eval.batch_size", self.batch_size, 1)
+    _one_of("eval.dtype", self.dtype, ("", "float32", "bfloat16"))
     if self.buckets and (list(self.buckets) != sorted(set(self.buckets))
                          or min(self.buckets) < 1):
       _fail("eval.buckets", self.buckets, "increasing positive lengths, or () for data.buckets")

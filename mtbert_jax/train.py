@@ -372,7 +372,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     workdir_lib.save_settings(workdir, s)
 
   steps = compile_steps(mt_model, s, tx, sharder)
-  output_fns = eval_lib.make_output_fns(mt_model)
+  output_fns = eval_lib.make_output_fns(mt_model, s.eval.dtype)
   base_rng = sharder.dropout_key(s.seed + 1, s.train.rng_impl)
   writer = console.Writer(os.path.join(workdir, "tensorboard"))
   history = console.History(os.path.join(workdir, "history.jsonl"), start)
