@@ -118,8 +118,10 @@ def test_train_eval_predict_roundtrip(tiny_ckpt_dir, data_dir, tmp_path):
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     assert json.load(f) == pytest.approx(metrics)
   pred_dir = os.path.join(workdir, "predictions")
-  assert sorted(os.listdir(pred_dir)) == ["para-dev-output.csv", "sst-dev-output.csv",
-                                          "sst-test-output.csv", "sts-dev-output.csv"]
+  # The CSV files the course expects, and each split's raw outputs for the report.
+  assert sorted(os.listdir(pred_dir)) == ["dev-outputs.npz", "para-dev-output.csv",
+                                          "sst-dev-output.csv", "sst-test-output.csv",
+                                          "sts-dev-output.csv", "test-outputs.npz"]
   header, rows = _read_predictions(os.path.join(pred_dir, "sst-test-output.csv"))
   assert header == "id \t Predicted_Sentiment "
   test_rows = readers.read_sentiment(os.path.join(data_dir, "cs224n/ids-sst-test-student.csv"))

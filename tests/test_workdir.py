@@ -132,7 +132,16 @@ def test_eval_may_change_the_batch_size_and_training_fields(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   s = trained[1].replace(eval={"batch_size": 16}, optim={"lr": 1.0})
   again = eval_lib.evaluate_workdir(workdir, s)
-  assert again == pytest.approx(trained[2], abs=1e-6)  # same model, same dev sets
+  # Same model, same dev sets. Batches of 16 are padded to other shapes than the run's, and
+  # XLA blocks float32 matmuls per shape, so raw outputs differ in their last bits: the
+  # accuracies (argmaxes) are equal; a Pearson r near 0.1 over the tiny model's nearly equal
+  # STS scores amplifies that rounding to about 1e-5 relative (seen: 1.04e-5 on the CI
+  # machine), so r is held to 1e-4 relative, ten times that.
+  assert set(again) == set(trained[2])
+  for key, value in trained[2].items():
+    if key.endswith("_acc") or key == "step":
+      assert again[key] == value, key
+  assert again["dev/sts_pearson"] == pytest.approx(trained[2]["dev/sts_pearson"], rel=1e-4)
 
 
 def test_resume_with_other_training_settings_is_refused(trained, tmp_path):
@@ -303,4 +312,7 @@ def test_predict_mode_writes_test_predictions_only(trained, tmp_path):
   metrics = eval_lib.evaluate_workdir(workdir, s, score=False)
   assert set(metrics) == {"step"}
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
-  assert sorted(os.listdir(os.path.join(workdir, "predictions"))) == ["sst-test-output.csv"]
+  predictions = os.path.join(workdir, "predictions")
+  assert sorted(os.listdir(predictions)) == ["sst-test-output.csv", "test-outputs.npz"]
+  with np.load(os.path.join(predictions, "test-outputs.npz")) as outputs:
+    assert set(outputs) == {"sst/ids", "sst/outputs"}  # the test split only
