@@ -19,6 +19,25 @@ from mtbert_jax import model as model_lib
 from mtbert_jax import paths
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the session, in a temp dir.
+
+  The tests train the same tiny configs many times (in process and in `launch.py`
+  subprocesses, which inherit the environment), and compiling, not running, is most of
+  their time on 2 CPU cores; a program compiled once is read back from the cache after.
+  Nothing outside the session's temp dir is touched.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path_factory.mktemp("xla_cache"))
+  settings = {"jax_compilation_cache_dir": path,
+              "jax_persistent_cache_min_compile_time_secs": 0.2}
+  for name, value in settings.items():
+    os.environ[name.upper()] = str(value)
+    jax.config.update(name, value)
+  yield path
+
+
 @pytest.fixture
 def tiny_config() -> model_lib.BertConfig:
   """A small random-init encoder: fast to build, compile and run on CPU.
