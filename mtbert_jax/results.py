@@ -71,7 +71,8 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
   with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   result = {"row": row, "seed": seed, "metrics": metrics, "seconds": time.time() - start,
-            "command": " ".join(cmd[1:]), "extra": extra,
+            "command": " ".join(["python", "launch.py", f"--config=configs/protocol.py:{row}",
+                                 *cmd[3:]]), "extra": extra,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
@@ -142,7 +143,33 @@ def markdown(results: dict) -> str:
       lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(r['seeds'])} | "
                    f"{r['minutes_per_run']:.0f} | {r['description']} |")
     lines.append("")
+  lines += _against_baselines(results)
   return "\n".join(lines)
+
+
+def _against_baselines(results: dict) -> list[str]:
+  """The final recipe's row against each single-task baseline: the difference of the means
+  and whether it exceeds the larger of the two seed standard deviations (the issue's bar
+  for a claimed improvement)."""
+  base = results.get("baselines")
+  sys.path.insert(0, REPO)
+  from configs import protocol  # pylint: disable=import-outside-toplevel
+  name = "full" if "full" in results["rows"] else protocol.FULL
+  row = results["rows"].get(name)
+  if not base or row is None:
+    return []
+  lines = [f"## The final recipe (`{name}`) against the single-task baselines", "",
+           "| task | baseline | multitask | difference | larger std | beats it by more |",
+           "|---|---|---|---|---|---|"]
+  for task, key in BASELINE_TASKS.items():
+    t = base["tasks"].get(task)
+    if t is None or key not in row:
+      continue
+    diff = row[key]["mean"] - t["mean"]
+    spread = max(row[key]["std"], t["std"])
+    lines.append(f"| {task} | {_cell(t)} | {_cell(row[key])} | {diff:+.3f} | {spread:.3f} | "
+                 f"{'yes' if diff > spread else 'no'} |")
+  return lines + [""]
 
 
 def collect(workdir: str, previous: dict) -> dict:

@@ -1,0 +1,55 @@
+"""The results protocol's tables (mtbert_jax/results.py) from finished runs' records."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mtbert_jax import results
+
+
+def _record(workdir, row, seed, sst, para, sts):
+  out = results.run_dir(str(workdir), row, seed)
+  os.makedirs(out)
+  metrics = {"dev/sst_acc": sst, "dev/para_acc": para, "dev/sts_pearson": sts,
+             "dev/average": (sst + para + sts) / 3}
+  with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
+    json.dump({"row": row, "seed": seed, "metrics": metrics, "seconds": 60.0 * (seed + 1),
+               "command": f"python launch.py --config=configs/protocol.py:{row}",
+               "finished": "2026-12-02T00:00:00+00:00", "machine": "x86_64, 2 cores"}, f)
+
+
+def _baselines(sst, para, sts):
+  def task(metric, values):
+    return {"metric": metric, "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "seeds": values, "runs": [{"steps": 10}]}
+  return {"command": "single_task_baselines.py", "machine": "m", "date": "d",
+          "tasks": {"sst": task("acc", sst), "para": task("acc", para),
+                    "sts": task("pearson", sts)}}
+
+
+def test_rows_are_mean_and_sample_std_over_seeds_and_compared_with_the_baselines(tmp_path):
+  for seed, (sst, para, sts) in enumerate([(0.40, 0.80, 0.85), (0.44, 0.82, 0.86),
+                                           (0.42, 0.84, 0.87)]):
+    _record(tmp_path, "full", seed, sst, para, sts)
+  _record(tmp_path, "quick", 0, 0.30, 0.70, 0.80)
+  out = results.collect(str(tmp_path), {"groups": {"search": ["quick", "full"]}})
+  full = out["rows"]["full"]
+  assert full["seeds"] == [0, 1, 2]
+  assert full["dev/sst_acc"]["mean"] == pytest.approx(0.42)
+  assert full["dev/sst_acc"]["std"] == pytest.approx(0.02)   # sample std (ddof 1) of .40 .44 .42
+  assert full["dev/sst_acc"]["seeds"] == [0.40, 0.44, 0.42]
+  assert full["minutes_per_run"] == pytest.approx(2.0)
+  assert out["rows"]["quick"]["dev/para_acc"]["std"] == 0.0   # one seed: no spread
+  # SST: +0.005 against a seed std of 0.02 is not an improvement; STS +0.025 against the
+  # larger of 0.010 and 0.007 is.
+  out["baselines"] = _baselines([0.415], [0.81], [0.83, 0.84])
+  text = results.markdown(out)
+  assert "| quick | 0.300 | 0.700 | 0.800 | 0.600 | 1 | 1 |" in text
+  assert "| full | 0.420 ± 0.020 | 0.820 ± 0.020 | 0.860 ± 0.010 |" in text
+  assert "| sst | 0.415 | 0.420 ± 0.020 | +0.005 | 0.020 | no |" in text
+  assert "| sts | 0.835 ± 0.007 | 0.860 ± 0.010 | +0.025 | 0.010 | yes |" in text
