@@ -123,3 +123,24 @@ def test_missing_data_file_names_the_flag_and_the_folder(tmp_path):
   (tmp_path / "cs224n" / "ids-sst-train.csv").mkdir(parents=True)
   with pytest.raises(IsADirectoryError, match=r"--config.data.sst_train: .* is a folder"):
     experiment.data_path(s, "sst_train")
+
+
+def test_full_is_the_protocol_winner():
+  from configs import protocol  # pylint: disable=import-outside-toplevel
+  assert _flat(full.get_config()) == _flat(protocol.get_config(protocol.FULL))
+
+
+@pytest.mark.parametrize("row,changed", [
+    ("sched", {"optim.lr", "optim.schedule", "optim.warmup_steps"}),
+    ("label_smoothing", {"train.label_smoothing"}),
+    ("mlp_head", {"heads.sentiment"}),
+    ("layer_decay", {"optim.layer_decay"}),
+    ("proportional", {"train.sampling"}),
+    ("sts_cross", {"heads.similarity"}),
+])
+def test_protocol_recipe_changes_only_what_it_names(row, changed):
+  """Each recipe candidate is its parent (`quick` for sched, else sched) plus one change."""
+  from configs import protocol  # pylint: disable=import-outside-toplevel
+  parent = _flat(protocol.get_config("quick" if row == "sched" else "sched"))
+  config = _flat(protocol.get_config(row))
+  assert {k for k in config if config[k] != parent[k]} == changed
