@@ -19,12 +19,6 @@ import time
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "folder of the rows' workdirs")
-_ROWS = flags.DEFINE_string("rows", "all", "comma-separated rows of configs/ablation.py, or all")
-_STEPS = flags.DEFINE_integer("steps", 1500, "train.num_steps of every row")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "train.batch_size of every row")
-_SET = flags.DEFINE_multi_string("set", [], "extra config overrides for every row, "
-                                 "e.g. --set=data.max_length=64")
 
 COLUMNS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
            ("dev/sts_pearson", "STS r"), ("dev/average", "Average"))
@@ -119,6 +113,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # The flags exist only when this module is the program, so that importing it (tests,
+  # other tools with flags of the same names) defines none.
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "folder of the rows' workdirs")
+  _ROWS = flags.DEFINE_string("rows", "all", "comma-separated rows of configs/ablation.py, or all")
+  _STEPS = flags.DEFINE_integer("steps", 1500, "train.num_steps of every row")
+  _BATCH = flags.DEFINE_integer("batch_size", 64, "train.batch_size of every row")
+  _SET = flags.DEFINE_multi_string("set", [], "extra config overrides for every row, "
+                                   "e.g. --set=data.max_length=64")
   # No malloc tuning here (mtbert_jax/runtime.py): rows compile many programs in one process,
   # and with trimming off the freed compile memory is never returned to the OS.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

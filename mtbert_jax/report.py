@@ -462,10 +462,6 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   return path
 
 
-_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "finished workdir(s); the first is "
-                                      "analysed in detail, all are compared")
-_OUT = flags.DEFINE_string("out", None, "output folder (default: FIRST_WORKDIR/report)")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "examples per error table")
 
 
 def main(argv):
@@ -487,4 +483,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # The flags exist only when this module is the program, so that importing it (tests,
+  # other tools with flags of the same names) defines none.
+  _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "finished workdir(s); the first is "
+                                        "analysed in detail, all are compared")
+  _OUT = flags.DEFINE_string("out", None, "output folder (default: FIRST_WORKDIR/report)")
+  _TOP_K = flags.DEFINE_integer("top_k", 5, "examples per error table")
   app.run(main)

@@ -28,15 +28,6 @@ import time
 import numpy as np
 from absl import app, flags
 
-_ROWS = flags.DEFINE_list("rows", [], "rows of configs/protocol.py (recipes, ablation/<row>)")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every row")
-_GROUP = flags.DEFINE_string("group", "recipes", "table the rows belong to in docs/results.md")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/results", "folder of the runs")
-_OUT = flags.DEFINE_string("out", "docs/results", "writes OUT.json and OUT.md")
-_BASELINES = flags.DEFINE_string("baselines", "docs/baselines.json",
-                                 "benchmarks/single_task_baselines.py's output")
-_SET = flags.DEFINE_multi_string("set", [], "extra --config.X=Y flags for every run")
-_TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "only rewrite the tables")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
@@ -242,4 +233,15 @@ def _read_baselines() -> dict | None:
 
 
 if __name__ == "__main__":
+  # The flags exist only when this module is the program, so that importing it (tests,
+  # other tools with flags of the same names) defines none.
+  _ROWS = flags.DEFINE_list("rows", [], "rows of configs/protocol.py (recipes, ablation/<row>)")
+  _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every row")
+  _GROUP = flags.DEFINE_string("group", "recipes", "table the rows belong to in docs/results.md")
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/results", "folder of the runs")
+  _OUT = flags.DEFINE_string("out", "docs/results", "writes OUT.json and OUT.md")
+  _BASELINES = flags.DEFINE_string("baselines", "docs/baselines.json",
+                                   "benchmarks/single_task_baselines.py's output")
+  _SET = flags.DEFINE_multi_string("set", [], "extra --config.X=Y flags for every run")
+  _TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "only rewrite the tables")
   app.run(main)

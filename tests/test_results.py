@@ -53,3 +53,11 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_compared_with_the_baselines
   assert "| full | 0.420 ± 0.020 | 0.820 ± 0.020 | 0.860 ± 0.010 |" in text
   assert "| sst | 0.415 | 0.420 ± 0.020 | +0.005 | 0.020 | no |" in text
   assert "| sts | 0.835 ± 0.007 | 0.860 ± 0.010 | +0.025 | 0.010 | yes |" in text
+
+
+def test_the_command_line_tools_import_together():
+  """results, report and analysis share flag names (--workdir, --out, --rows); each
+  defines its flags only as the program, so one process (the test session) imports all."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  for name in ("results", "report", "analysis"):
+    importlib.import_module(f"mtbert_jax.{name}")
