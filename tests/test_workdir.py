@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_two_launches_on_one_workdir_one_refused(tiny_ckpt_dir, data_dir, tmp_pa
           "--config.train.num_steps=30"]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   first = subprocess.Popen(base + ["--config.optim.lr=1e-4"], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
   lock_file = os.path.join(workdir, workdir_lib.LOCK_FILE)
   while time.time() < deadline and not (os.path.isfile(lock_file)
@@ -102,13 +103,21 @@ def test_two_launches_on_one_workdir_one_refused(tiny_ckpt_dir, data_dir, tmp_pa
     time.sleep(0.05)
   second = subprocess.run(base + ["--config.optim.lr=3e-4"], env=env, capture_output=True,
                           text=True, timeout=300)
-  _, first_err = first.communicate(timeout=600)
+  first_out, first_err = first.communicate(timeout=600)
   assert second.returncode == 1
   assert second.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
   assert f"is in use by train run of pid {first.pid}" in second.stderr
   assert first.returncode == 0, first_err[-2000:]
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["optim"]["lr"] == 1e-4
+  # stderr is a pipe, not a terminal: progress comes as log lines, not a tqdm bar, and the
+  # run says what it compiles and what it evaluates (stderr), and what it wrote (stdout,
+  # after the metrics table).
+  assert "\r" not in first_err and "it/s" not in first_err
+  assert "compiling the sst step for length" in first_err
+  assert re.search(r"step 30/30 \(100%\) .*ETA 0:00:00", first_err), first_err[-2000:]
+  assert re.search(r"evaluating para dev: [\d,]+ pairs in \d+ s", first_err)
+  assert f"wrote in {workdir}:" in first_out and "metrics.json" in first_out
 
 
 # ---------------------------------------------------------------------------------------------
