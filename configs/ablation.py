@@ -4,7 +4,8 @@
   python -m mtbert_jax.analysis --rows=all --workdir=runs/ablation   # every row + the table
 
 ROW is one of: baseline, prompting, smart, task_weighting, simcse, tweets, full (every
-extension the paper adopted, at once; `configs/full.py` keeps only those that helped here),
+extension the paper adopted, at once; `configs/full.py` is instead the recipe that won the
+results protocol, `docs/results.md`),
 and cosine (the cosine STS head alone, without the NLI task: it separates the head's share
 of the simcse row's gain from the NLI SimCSE's; not a row of the paper).
 Every row has the same seed, step budget and batch size (the paper: 1,500 steps of batch 64).
