@@ -19,7 +19,6 @@ import time
 
 from absl import app, flags
 
-
 COLUMNS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
            ("dev/sts_pearson", "STS r"), ("dev/average", "Average"))
 

@@ -462,8 +462,6 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   return path
 
 
-
-
 def main(argv):
   if len(argv) > 1 or not _WORKDIRS.value:
     raise app.UsageError("usage: python -m mtbert_jax.report --workdir=DIR [--workdir=DIR2 "

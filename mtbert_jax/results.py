@@ -47,10 +47,10 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
     with open(record, encoding="utf-8") as f:
       return json.load(f)
   os.makedirs(out, exist_ok=True)
+  args = [f"--workdir={out}", f"--config.seed={seed}", "--config.train.progress=false",
+          *[f"--config.{s}" for s in extra]]
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
-         f"--config={os.path.join(REPO, 'configs', 'protocol.py')}:{row}",
-         f"--workdir={out}", f"--config.seed={seed}", "--config.train.progress=false",
-         *[f"--config.{s}" for s in extra]]
+         f"--config={os.path.join(REPO, 'configs', 'protocol.py')}:{row}", *args]
   start = time.time()
   with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
     log.write(f"$ {' '.join(cmd)}\n")
@@ -63,7 +63,7 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
     metrics = json.load(f)
   result = {"row": row, "seed": seed, "metrics": metrics, "seconds": time.time() - start,
             "command": " ".join(["python", "launch.py", f"--config=configs/protocol.py:{row}",
-                                 *cmd[3:]]), "extra": extra,
+                                 *args]), "extra": extra,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
@@ -87,9 +87,15 @@ def aggregate(runs: list[dict]) -> dict:
   return out
 
 
-def row_description(row: str) -> str:
+def _protocol():
+  """configs/protocol.py (the configs folder is beside the package, not inside it)."""
   sys.path.insert(0, REPO)
   from configs import protocol  # pylint: disable=import-outside-toplevel
+  return protocol
+
+
+def row_description(row: str) -> str:
+  protocol = _protocol()
   if row.startswith("ablation/"):
     return f"`configs/ablation.py:{row.split('/', 1)[1]}` at the protocol budget"
   fn = protocol.RECIPES.get(row)
@@ -143,9 +149,7 @@ def _against_baselines(results: dict) -> list[str]:
   and whether it exceeds the larger of the two seed standard deviations (the issue's bar
   for a claimed improvement)."""
   base = results.get("baselines")
-  sys.path.insert(0, REPO)
-  from configs import protocol  # pylint: disable=import-outside-toplevel
-  name = "full" if "full" in results["rows"] else protocol.FULL
+  name = "full" if "full" in results["rows"] else _protocol().FULL
   row = results["rows"].get(name)
   if not base or row is None:
     return []
