@@ -73,6 +73,8 @@ RECIPES = {
     "squared_relu": _with(_sched, heads__sentiment="squared_relu"),
     "prompt": _with(_sched, heads__paraphrase="prompt"),
     "sts_cross": _with(_sched, heads__similarity="cross"),
+    # Both pair tasks as cross-encoders over the joint pair, as the single-task baselines.
+    "cross": _with(_sched, heads__paraphrase="prompt", heads__similarity="cross"),
     "label_smoothing": _with(_sched, train__label_smoothing=0.1),
     "layer_decay": _with(_sched, optim__layer_decay=0.9),
     # SMART with a perturbation that moves the output: one ascent step to l2 radius 3 over
