@@ -1,10 +1,12 @@
 """Two processes on localhost (JAX's distributed runtime, CPU collectives through gloo)
 train the smoke config like one process with the same global batch, and a checkpoint of
-the two-process run resumes in one process."""
+the two-process run resumes in one process.
+
+Three launches: one process to step 9 (keeping its step-6 checkpoint and dev metrics), two
+processes to step 6, then one process resuming the two-process run to step 9."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -12,10 +14,12 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import smoke
 from mtbert_jax import checkpoint as ckpt_lib
+from mtbert_jax import console
 from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
@@ -42,8 +46,8 @@ def _env(**extra):
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **extra)
 
 
-def _one(workdir, ckpt_dir, steps):
-  out = subprocess.run(_cmd(workdir, ckpt_dir, steps), env=_env(), capture_output=True,
+def _one(workdir, ckpt_dir, steps, *extra):
+  out = subprocess.run(_cmd(workdir, ckpt_dir, steps, *extra), env=_env(), capture_output=True,
                        text=True, timeout=TIMEOUT)
   assert out.returncode == 0, out.stderr[-3000:]
 
@@ -66,16 +70,27 @@ def _two(workdir, ckpt_dir, steps):
   assert "process 0 of 2" in outs[0][1] and "process 1 of 2" in outs[1][1]
 
 
-def _state(workdir, s):
+def _state(workdir, s, step=None):
+  """(state, meta) of the resumable checkpoint at `step` (default: the newest)."""
   m, _ = experiment.build_model(s, load_weights=False)
   params = heads_lib.init_params(m, jax.random.key(0))
   like = train.init_state(params, train.make_optimizer(s, params), s)
   ckpts = ckpt_lib.Checkpoints(workdir, create=False)
-  state, meta = ckpts.restore_resume(like)
+  if step is None:
+    state, meta = ckpts.restore_resume(like)
+  else:
+    restored = ckpts.resume.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+    state, meta = restored["state"], restored["meta"]
   ckpts.close()
-  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
-    metrics = json.load(f)
-  return jax.device_get(state), meta, metrics
+  return jax.device_get(state), meta
+
+
+def _dev_metrics(workdir, step):
+  for entry in console.read_history(os.path.join(workdir, "history.jsonl")):
+    if entry["step"] == step and "dev" in entry:
+      return entry["dev"]
+  raise AssertionError(f"no dev metrics of step {step} in {workdir}/history.jsonl")
 
 
 def _close(a, b):
@@ -95,19 +110,20 @@ def test_two_processes_train_like_one_and_resume_in_one(tiny_ckpt_dir, data_dir,
   c.eval.write_predictions = False
   s = settings_lib.from_dict(c.to_dict())
   single, double = str(tmp_path / "single"), str(tmp_path / "double")
-  _one(single, tiny_ckpt_dir, 6)
+  _one(single, tiny_ckpt_dir, 9, "--config.ckpt.keep=2")  # keeps the checkpoints of 6 and 9
   _two(double, tiny_ckpt_dir, 6)
-  state_1, meta_1, metrics_1 = _state(single, s)
-  state_2, meta_2, metrics_2 = _state(double, s)
+  state_1, meta_1 = _state(single, s, step=6)
+  state_2, meta_2 = _state(double, s)
+  assert meta_2["step"] == 6
   assert meta_1["iterators"] == meta_2["iterators"]  # the same global data position
   _close(state_1, state_2)
+  metrics_1, metrics_2 = _dev_metrics(single, 6), _dev_metrics(double, 6)
   for key, value in metrics_1.items():
     assert metrics_2[key] == pytest.approx(value, abs=1e-4), key
   # The two-process checkpoint resumes in one process and continues as the single run does.
   _one(double, tiny_ckpt_dir, 9)
-  _one(single, tiny_ckpt_dir, 9)
   longer = s.replace(train={"num_steps": 9})
-  state_1, meta_1, _ = _state(single, longer)
-  state_2, meta_2, _ = _state(double, longer)
+  state_1, meta_1 = _state(single, longer)
+  state_2, meta_2 = _state(double, longer)
   assert meta_1["step"] == meta_2["step"] == 9
   _close(state_1, state_2)
