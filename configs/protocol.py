@@ -53,14 +53,25 @@ def _sched(c):
 
 
 def _with(parent, **fields):
+  """`parent` plus the config fields `group__field=value`; its docstring lists them (the
+  description of the row in docs/results.md)."""
+  base = getattr(parent, "base", parent)
+  fields = {**getattr(parent, "fields", {}), **fields}
+
   def row(c):
-    parent(c)
+    base(c)
     for key, value in fields.items():
       group, field = key.split("__")
       c[group][field] = value
     return c
+
+  row.base, row.fields = base, fields
+  changes = ", ".join(f"{k.replace('__', '.')}={v!r}" for k, v in fields.items())
+  row.__doc__ = f"`{base.__name__.lstrip('_')}` with {changes}"
   return row
 
+
+_CROSS = _with(_sched, heads__paraphrase="prompt", heads__similarity="cross")
 
 # Recipe candidates: each is the `sched` recipe (or another row) plus one change.
 RECIPES = {
@@ -74,11 +85,10 @@ RECIPES = {
     "prompt": _with(_sched, heads__paraphrase="prompt"),
     "sts_cross": _with(_sched, heads__similarity="cross"),
     # Both pair tasks as cross-encoders over the joint pair, as the single-task baselines.
-    "cross": _with(_sched, heads__paraphrase="prompt", heads__similarity="cross"),
+    "cross": _CROSS,
     # `cross` with T=2 temperature sampling: Quora (13.5k pairs) gets ~40% of the steps,
     # SST ~32%, STS ~27%, instead of a third each.
-    "cross_t2": _with(_with(_sched, heads__paraphrase="prompt", heads__similarity="cross"),
-                      train__sampling="temperature", train__sampling_temperature=2.0),
+    "cross_t2": _with(_CROSS, train__sampling="temperature", train__sampling_temperature=2.0),
     "label_smoothing": _with(_sched, train__label_smoothing=0.1),
     "layer_decay": _with(_sched, optim__layer_decay=0.9),
     # SMART with a perturbation that moves the output: one ascent step to l2 radius 3 over
