@@ -139,6 +139,7 @@ def test_full_is_the_protocol_winner():
     ("sts_cross", {"heads.similarity"}),
     ("cross", {"heads.paraphrase", "heads.similarity"}),
     ("cross_t2", {"heads.paraphrase", "heads.similarity", "train.sampling"}),  # T=2: default
+    ("cross_prop", {"heads.paraphrase", "heads.similarity", "train.sampling"}),
 ])
 def test_protocol_recipe_changes_only_what_it_names(row, changed):
   """Each recipe candidate is its parent (`quick` for sched, else sched) plus one change."""
