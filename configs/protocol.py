@@ -104,7 +104,7 @@ RECIPES = {
     "loss_weighting": _with(_sched, weighting__mode="loss"),
 }
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
-FULL = "sched"
+FULL = "cross_t2"
 RECIPES["full"] = RECIPES[FULL]
 
 
