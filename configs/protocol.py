@@ -73,7 +73,7 @@ def _with(parent, **fields):
 
 _CROSS = _with(_sched, heads__paraphrase="prompt", heads__similarity="cross")
 
-# Recipe candidates: each is the `sched` recipe (or another row) plus one change.
+# Recipe candidates: each is the `sched` recipe (or another row) plus the changes it names.
 RECIPES = {
     "quick": _quick,
     "sched": _sched,

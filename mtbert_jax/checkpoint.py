@@ -80,12 +80,10 @@ class Checkpoints:
     """The newest resumable step that restores, and its meta; a broken newer step is
     reported and skipped (`ckpt.keep` > 1 keeps earlier ones to fall back on)."""
     steps = sorted(self.resume.all_steps(), reverse=True)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)),
-                              meta=ocp.args.JsonRestore())
     broken = []
     for step in steps:
       try:
-        restored = self.resume.restore(step, args=args)
+        restored = self.restore_step(step, state_like)
       except Exception as e:  # orbax/TensorStore raise many types; each is reported
         broken.append(step)
         log.warning("checkpoint %s/%d does not restore (%s)%s", self.resume.directory, step,
@@ -93,12 +91,18 @@ class Checkpoints:
         continue
       if broken:
         log.warning("resuming from step %d instead of the broken step(s) %s", step, broken)
-      return restored["state"], restored["meta"]
+      return restored
     raise CheckpointError(
         f"no resumable checkpoint in {self.resume.directory} restores (steps {broken} are "
         "broken, see the warnings above). Start over in a new --workdir, or delete the broken "
         f"step folders (e.g. rm -r {os.path.join(str(self.resume.directory), str(steps[0]))}) "
         "to retrain from the step before them or from the start.")
+
+  def restore_step(self, step: int, state_like: Any) -> tuple[Any, dict]:
+    """The resumable checkpoint of `step` and its meta (orbax's errors propagate)."""
+    restored = self.resume.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
     if step in self.best.all_steps():  # re-reached after a resume from an earlier checkpoint

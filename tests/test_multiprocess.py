@@ -14,7 +14,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import smoke
@@ -76,12 +75,8 @@ def _state(workdir, s, step=None):
   params = heads_lib.init_params(m, jax.random.key(0))
   like = train.init_state(params, train.make_optimizer(s, params), s)
   ckpts = ckpt_lib.Checkpoints(workdir, create=False)
-  if step is None:
-    state, meta = ckpts.restore_resume(like)
-  else:
-    restored = ckpts.resume.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-    state, meta = restored["state"], restored["meta"]
+  state, meta = (ckpts.restore_resume(like) if step is None
+                 else ckpts.restore_step(step, like))
   ckpts.close()
   return jax.device_get(state), meta
 
