@@ -140,8 +140,38 @@ def markdown(results: dict) -> str:
       lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(r['seeds'])} | "
                    f"{r['minutes_per_run']:.0f} | {r['description']} |")
     lines.append("")
+    lines += _differences(results["rows"], rows)
   lines += _against_baselines(results)
   return "\n".join(lines)
+
+
+def _difference(row: dict, ref: dict, key: str) -> str:
+  """`row`'s mean minus `ref`'s; starred when larger in size than the larger of the two
+  seed standard deviations (both rows with 2+ seeds: one seed has no spread to read a
+  difference against)."""
+  if key not in row or key not in ref:
+    return "-"
+  diff = row[key]["mean"] - ref[key]["mean"]
+  both = len(row[key]["seeds"]) > 1 and len(ref[key]["seeds"]) > 1
+  beyond = both and abs(diff) > max(row[key]["std"], ref[key]["std"])
+  return f"{diff:+.3f}{' *' if beyond else ''}"
+
+
+def _differences(table: dict, rows: list[str]) -> list[str]:
+  """Each row of a group against the group's first row (its reference: `sched` for the
+  recipe search, `ablation/baseline` for the ablation), so that each delta can be read
+  against the seed noise."""
+  if len(rows) < 2:
+    return []
+  ref = table[rows[0]]
+  lines = [f"Differences from `{rows[0]}` (mean minus mean; * where larger than the larger "
+           "seed std of the two rows, both with 2+ seeds):", "",
+           "| row | " + " | ".join(name for _, name in METRICS) + " | seeds |",
+           "|" + "---|" * (len(METRICS) + 2)]
+  for row in rows[1:]:
+    cells = [_difference(table[row], ref, key) for key, _ in METRICS]
+    lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(table[row]['seeds'])} |")
+  return lines + [""]
 
 
 def _against_baselines(results: dict) -> list[str]:

@@ -53,6 +53,23 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_compared_with_the_baselines
   assert "| full | 0.420 ± 0.020 | 0.820 ± 0.020 | 0.860 ± 0.010 |" in text
   assert "| sst | 0.415 | 0.420 ± 0.020 | +0.005 | 0.020 | no |" in text
   assert "| sts | 0.835 ± 0.007 | 0.860 ± 0.010 | +0.025 | 0.010 | yes |" in text
+  # Against the group's first row: quick has one seed, so no difference is starred.
+  assert "Differences from `quick`" in text
+  assert "| full | +0.120 | +0.120 | +0.060 | +0.100 | 3 |" in text
+
+
+def test_differences_are_starred_only_beyond_both_rows_seed_spread(tmp_path):
+  for seed, (sst, para, sts) in enumerate([(0.40, 0.80, 0.85), (0.42, 0.82, 0.85)]):
+    _record(tmp_path, "ablation/baseline", seed, sst, para, sts)
+  for seed, (sst, para, sts) in enumerate([(0.44, 0.81, 0.85), (0.46, 0.83, 0.83)]):
+    _record(tmp_path, "ablation/smart", seed, sst, para, sts)
+  out = results.collect(str(tmp_path),
+                        {"groups": {"ablation": ["ablation/baseline", "ablation/smart"]}})
+  text = results.markdown(out)
+  # SST +0.04 against stds 0.014 / 0.014: beyond; Quora +0.01: within; STS -0.01 against
+  # the smart row's std 0.014: within, whatever its sign; average +0.013 against the
+  # baseline's std 0.009: beyond.
+  assert "| ablation/smart | +0.040 * | +0.010 | -0.010 | +0.013 * | 2 |" in text
 
 
 def test_the_command_line_tools_import_together():
