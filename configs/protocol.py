@@ -104,7 +104,7 @@ RECIPES = {
     "loss_weighting": _with(_sched, weighting__mode="loss"),
 }
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
-FULL = "cross_t2"
+FULL = "cross_prop"
 RECIPES["full"] = RECIPES[FULL]
 
 
