@@ -235,8 +235,17 @@ def load_run(workdir: str, fill_from: settings_lib.Settings | None = None) -> Ru
         "evaluate it with them first: python launch.py --config=... "
         f"--workdir={workdir} --mode=eval --config.eval.write_predictions=true")
   history = console.read_history(os.path.join(workdir, "history.jsonl"))
-  return Run(workdir, os.path.basename(os.path.normpath(workdir)), s, metrics, history,
-             results, ", ".join(sorted(set(sources))))
+  return Run(workdir, run_name(workdir), s, metrics, history, results,
+             ", ".join(sorted(set(sources))))
+
+
+def run_name(workdir: str) -> str:
+  """A workdir's name in tables and legends: its folder, with the folder above when that
+  is a seed folder (`results`' layout ROW/seedK names `cross_prop/seed0`, not `seed0`)."""
+  parts = os.path.normpath(workdir).split(os.sep)
+  if re.fullmatch(r"seed\d+", parts[-1]) and len(parts) > 1 and parts[-2] not in ("", "."):
+    return "/".join(parts[-2:])
+  return parts[-1]
 
 
 # ------------------------------------------------------------------------------------------

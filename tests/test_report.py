@@ -73,6 +73,14 @@ def run_dir(tiny_ckpt_dir, data_dir, tmp_path_factory):
   return workdir
 
 
+def test_run_names_keep_the_row_of_a_seed_folder():
+  assert report.run_name("runs/results/cross_prop/seed0") == "cross_prop/seed0"
+  assert report.run_name("runs/results/cross_prop/seed12/") == "cross_prop/seed12"
+  assert report.run_name("runs/quick") == "quick"
+  assert report.run_name("seed0") == "seed0"
+  assert report.run_name("runs/seedless") == "seedless"
+
+
 def test_report_of_a_workdir(run_dir, tmp_path):
   run = report.load_run(run_dir)
   assert set(run.tasks) == {"sst", "para", "sts"} and run.tasks["sst"].raw
