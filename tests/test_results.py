@@ -78,3 +78,27 @@ def test_the_command_line_tools_import_together():
   import importlib  # pylint: disable=import-outside-toplevel
   for name in ("results", "report", "analysis"):
     importlib.import_module(f"mtbert_jax.{name}")
+
+
+def test_the_readme_results_table_is_docs_results():
+  """The README's rows for the final recipe, the rows beside it and the baselines carry
+  the figures of docs/results.json, as `results._cell` writes them."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "docs", "results.json"), encoding="utf-8") as f:
+    table = json.load(f)
+  with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+    readme = f.read().splitlines()
+  full = results._protocol().FULL
+
+  def cells(prefix):
+    found = [line for line in readme if line.startswith(prefix)]
+    assert len(found) == 1, f"README: one line starting {prefix!r}, found {len(found)}"
+    return [c.strip() for c in found[0].split("|")[2:6]]
+
+  keys = [key for key, _ in results.METRICS]
+  for prefix, row in ((f"| `configs/full.py` (`{full}`)", full), ("| `cross_t2`", "cross_t2"),
+                      ("| `sched`", "sched")):
+    assert cells(prefix) == [results._cell(table["rows"][row][k]) for k in keys], row
+  base = table["baselines"]["tasks"]
+  expected = [results._cell(base[t]) for t in ("sst", "para", "sts")]
+  assert cells("| single-task baselines")[:3] == expected
