@@ -141,6 +141,8 @@ def markdown(results: dict) -> str:
                    f"{r['minutes_per_run']:.0f} | {r['description']} |")
     lines.append("")
     lines += _differences(results["rows"], rows)
+    if rows and all(r.startswith("ablation/") for r in rows):
+      lines += _task_correlations(results["rows"], rows)
   lines += _against_baselines(results)
   return "\n".join(lines)
 
@@ -171,6 +173,26 @@ def _differences(table: dict, rows: list[str]) -> list[str]:
   for row in rows[1:]:
     cells = [_difference(table[row], ref, key) for key, _ in METRICS]
     lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(table[row]['seeds'])} |")
+  return lines + [""]
+
+
+def _task_correlations(table: dict, rows: list[str]) -> list[str]:
+  """The paper's Table 3 at the protocol budget: Pearson correlation of the three tasks'
+  dev metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
+  from mtbert_jax.report import correlation_table  # pylint: disable=import-outside-toplevel
+  keys = list(BASELINE_TASKS.values())
+  points = [{k: table[r][k]["mean"] for k in keys if k in table[r]} for r in rows]
+  corr, n = correlation_table(points, keys)
+  if n < 3:
+    return [f"Table 3 (task correlations across these rows) needs 3 rows or more; {n} so far.",
+            ""]
+  names = list(BASELINE_TASKS)
+  lines = [f"Table 3 at this budget: Pearson correlation of the tasks' dev metrics across "
+           f"the {n} rows above (each row's mean over its seeds).", "",
+           "|  | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for i, name in enumerate(names):
+    lines.append(f"| {name} | " + " | ".join("-" if np.isnan(v) else f"{v:.2f}"
+                                             for v in corr[i]) + " |")
   return lines + [""]
 
 

@@ -70,6 +70,19 @@ def test_differences_are_starred_only_beyond_both_rows_seed_spread(tmp_path):
   # the smart row's std 0.014: within, whatever its sign; average +0.013 against the
   # baseline's std 0.009: beyond.
   assert "| ablation/smart | +0.040 * | +0.010 | -0.010 | +0.013 * | 2 |" in text
+  assert "Table 3 (task correlations across these rows) needs 3 rows or more; 2 so far." in text
+
+
+def test_the_ablation_group_has_table_3_across_its_rows(tmp_path):
+  # SST and Quora rise together across the rows, STS falls as they rise.
+  for row, (sst, para, sts) in {"baseline": (0.40, 0.80, 0.86), "smart": (0.42, 0.81, 0.85),
+                                "tweets": (0.44, 0.82, 0.84)}.items():
+    _record(tmp_path, f"ablation/{row}", 0, sst, para, sts)
+  rows = ["ablation/baseline", "ablation/smart", "ablation/tweets"]
+  text = results.markdown(results.collect(str(tmp_path), {"groups": {"ablation": rows}}))
+  assert "across the 3 rows above" in text
+  assert "| sst | 1.00 | 1.00 | -1.00 |" in text
+  assert "| sts | -1.00 | -1.00 | 1.00 |" in text
 
 
 def test_the_command_line_tools_import_together():
