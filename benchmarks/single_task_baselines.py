@@ -23,8 +23,9 @@ skipped by both). Test-only dependencies: torch, transformers.
   python benchmarks/single_task_baselines.py --tasks=sts --seeds=0 --epochs_scale=0.1
 
 The output JSON has one entry per task with the dev metric of each seed, the steps, the
-seconds, and the machine, written after every run; rerunning with the same `--out` keeps
-the runs it holds and adds the missing ones. `mtbert_jax.results` reads it into
+seconds, the machine and the command that made it, written after every run; rerunning with
+the same `--out` (and the same settings: other ones are refused) keeps the runs it holds
+and adds the missing ones, e.g. `--tasks=para --seeds=1`. `mtbert_jax.results` reads it into
 docs/results.json.
 """
 
@@ -171,6 +172,10 @@ def zero_shot_sts(args, ckpt: str, data_dir: str) -> dict:
           "train_seconds": 0.0, "dev_rows": len(a)}
 
 
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def main(argv=None):
   args = parse_args(argv)
   import torch  # pylint: disable=import-outside-toplevel
@@ -184,18 +189,32 @@ def main(argv=None):
     if task not in TASKS and task != "sts_zero_shot":
       raise SystemExit(f"--tasks: unknown task {task!r}; expected some of "
                        f"{list(TASKS) + ['sts_zero_shot']}")
-  results = {"command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "machine": f"{platform.processor() or platform.machine()}, "
-                        f"{os.cpu_count()} cores, torch {torch.__version__}, "
-                        f"{torch.get_num_threads()} threads",
-             "settings": {k: getattr(args, k) for k in ("lr", "batch", "max_length",
-                                                         "weight_decay", "epochs_scale",
-                                                         "dev_limit")},
-             "tasks": {}}
+  command = " ".join(["single_task_baselines.py"] + list(sys.argv[1:] if argv is None else argv))
+  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+  previous = {}
   if args.out and os.path.isfile(args.out):  # runs finished earlier are kept, not repeated
     with open(args.out, encoding="utf-8") as f:
-      results["tasks"] = json.load(f).get("tasks", {})
+      previous = json.load(f)
+  # Top-level command, date and machine: the first invocation's; every invocation (this
+  # one appended) is in "invocations", and each run records the command that made it.
+  invocations = previous.get("invocations") or (
+      [{k: previous[k] for k in ("command", "date", "machine") if k in previous}]
+      if previous else [])
+  invocations.append({"command": command, "date": _now(), "machine": machine})
+  settings = {k: getattr(args, k) for k in ("lr", "batch", "max_length", "weight_decay",
+                                             "epochs_scale", "dev_limit")}
+  if previous and previous.get("settings", settings) != settings:
+    differ = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
+    raise SystemExit(f"--out={args.out} holds runs with other settings ("
+                     + ", ".join(f"{k}: {previous['settings'].get(k)!r} there, "
+                                 f"{settings[k]!r} here" for k in differ)
+                     + "); use the same flags or another --out")
+  results = {"command": previous.get("command", command),
+             "date": previous.get("date", invocations[-1]["date"]),
+             "machine": previous.get("machine", machine),
+             "invocations": invocations, "settings": settings,
+             "tasks": previous.get("tasks", {})}
   for task in tasks:
     runs = list(results["tasks"].get(task, {}).get("runs", []))
     done = {r.get("seed") for r in runs}
@@ -206,14 +225,15 @@ def main(argv=None):
         runs.append(dict(zero_shot_sts(args, ckpt, data_dir), seed=None))
       else:
         runs.append(dict(fine_tune(task, seed, args, ckpt, data_dir), seed=seed))
-      values = [r["value"] for r in runs]
+      runs[-1].update(command=command, finished=_now(), machine=machine)
+      print(f"{task} seed {seed}: {runs[-1]['metric']} {runs[-1]['value']:.4f}",
+            file=sys.stderr, flush=True)
+      runs.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])
+      values = [r["value"] for r in runs]   # in the order of the runs' seeds
       results["tasks"][task] = {
           "metric": runs[0]["metric"], "mean": float(np.mean(values)),
           "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
           "seeds": values, "runs": runs}
-      print(f"{task} seed {seed}: {runs[-1]['metric']} {runs[-1]['value']:.4f}",
-            file=sys.stderr, flush=True)
-      runs.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])
       if args.out:  # after every run, so a stopped invocation keeps what it finished
         tmp = args.out + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

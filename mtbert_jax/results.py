@@ -123,7 +123,8 @@ def markdown(results: dict) -> str:
   base = results.get("baselines")
   if base:
     lines += ["## Single-task baselines (HF PyTorch, float32)", "",
-              f"`{base.get('command', '')}`; {base.get('machine', '')}; {base.get('date', '')}.",
+              "; ".join(f"`{i.get('command', '')}` ({i.get('machine', '')}; {i.get('date', '')})"
+                        for i in base.get("invocations") or [base]) + ".",
               "", "| baseline | metric | dev, mean ± std | seeds | steps of 32 |",
               "|---|---|---|---|---|"]
     for task, t in base["tasks"].items():
