@@ -66,12 +66,24 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
                                  *args]), "extra": extra,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+            "machine": machine(out)}
   tmp = record + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
   os.replace(tmp, record)
   return result
+
+
+def machine(run: str) -> str:
+  """This host's CPU and, from the run's train_stats.json, the devices it trained on."""
+  text = f"{platform.machine()}, {os.cpu_count()} cores"
+  stats = os.path.join(run, "train_stats.json")
+  if os.path.isfile(stats):
+    with open(stats, encoding="utf-8") as f:
+      dev = json.load(f).get("devices")
+    if dev and dev.get("backend") != "cpu":
+      text += f"; {dev['count']} x {dev['kind']} ({dev['backend']}, {dev['processes']} hosts)"
+  return text
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -113,11 +125,24 @@ def _cell(stats: dict | None) -> str:
   return f"{stats['mean']:.3f}"
 
 
-def markdown(results: dict) -> str:
-  lines = ["<!-- Written by `python -m mtbert_jax.results`; edit docs/results_notes.md, "
-           "not this file. -->", "# Results", ""]
-  notes = os.path.join(REPO, "docs", "results_notes.md")
-  if os.path.isfile(notes):
+NOTES = os.path.join(REPO, "docs", "results_notes.md")
+
+
+def _shown(path: str) -> str:
+  """`path` relative to the repository when inside it (docs/results_notes.md)."""
+  rel = os.path.relpath(os.path.abspath(path), REPO)
+  return path if rel.startswith("..") else rel
+
+
+def markdown(results: dict, notes: str = NOTES) -> str:
+  """The tables, after the text of `notes` (a markdown file; "" = none)."""
+  lines = [f"<!-- Written by `python -m mtbert_jax.results`; edit {_shown(notes)}, "
+           "not this file. -->" if notes else
+           "<!-- Written by `python -m mtbert_jax.results`. -->", "# Results", ""]
+  if notes:
+    if not os.path.isfile(notes):
+      raise FileNotFoundError(f"--notes: {notes} is not a file (the text above the tables; "
+                              "'' for none)")
     with open(notes, encoding="utf-8") as f:
       lines += [f.read().strip(), ""]
   base = results.get("baselines")
@@ -243,9 +268,9 @@ def collect(workdir: str, previous: dict) -> dict:
   return out
 
 
-def write(out: str, results: dict) -> None:
+def write(out: str, results: dict, notes: str = NOTES) -> None:
   for path, text in ((out + ".json", json.dumps(results, indent=2)),
-                     (out + ".md", markdown(results))):
+                     (out + ".md", markdown(results, notes))):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text + "\n")
@@ -254,6 +279,9 @@ def write(out: str, results: dict) -> None:
 
 def main(argv):
   del argv
+  if _NOTES.value and not os.path.isfile(_NOTES.value):
+    raise app.UsageError(f"--notes={_NOTES.value}: no such file (the markdown written above "
+                         "the tables; --notes= for none)")
   out = _OUT.value
   previous = {}
   if os.path.isfile(out + ".json"):
@@ -273,13 +301,13 @@ def main(argv):
         # The tables after every run, so a long invocation shows what it has so far.
         results = collect(_WORKDIR.value, previous)
         results["baselines"] = _read_baselines()
-        write(out, results)
+        write(out, results, _NOTES.value)
   results = collect(_WORKDIR.value, previous)
   results["groups"] = {g: [r for r in rows if r in results["rows"]]
                        for g, rows in results["groups"].items()}
   results["baselines"] = _read_baselines()
-  write(out, results)
-  print(markdown(results))
+  write(out, results, _NOTES.value)
+  print(markdown(results, _NOTES.value))
 
 
 def _read_baselines() -> dict | None:
@@ -300,5 +328,7 @@ if __name__ == "__main__":
   _BASELINES = flags.DEFINE_string("baselines", "docs/baselines.json",
                                    "benchmarks/single_task_baselines.py's output")
   _SET = flags.DEFINE_multi_string("set", [], "extra --config.X=Y flags for every run")
+  _NOTES = flags.DEFINE_string("notes", NOTES, "markdown file written above the tables; "
+                               "'' = none (e.g. runs of another budget or machine)")
   _TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "only rewrite the tables")
   app.run(main)

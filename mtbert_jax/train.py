@@ -323,6 +323,13 @@ def _iterators(s: Settings, tok, local_batch: int) -> dict[str, data_lib.TrainIt
   return iterators
 
 
+def device_summary() -> dict:
+  """What the run trained on: backend, device kind, devices and hosts (train_stats.json,
+  so that a result names its accelerator)."""
+  return {"backend": jax.default_backend(), "kind": jax.devices()[0].device_kind,
+          "count": jax.device_count(), "processes": jax.process_count()}
+
+
 def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
   """Trains (or resumes), then evaluates the best checkpoint and writes predictions.
 
@@ -463,7 +470,8 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     ckpts.close()
 
   if jax.process_index() == 0:  # loop throughput per metrics window (evaluations excluded)
-    workdir_lib.write_json(os.path.join(workdir, "train_stats.json"), {"windows": windows})
+    workdir_lib.write_json(os.path.join(workdir, "train_stats.json"),
+                           {"devices": device_summary(), "windows": windows})
   log.info("training done: best dev average %.4f at step %d; evaluating it", best_score,
            best_step)
   _, best_params, _ = ckpt_lib.restore_best_params(s, workdir)

@@ -115,3 +115,23 @@ def test_the_readme_results_table_is_docs_results():
   base = table["baselines"]["tasks"]
   expected = [results._cell(base[t]) for t in ("sst", "para", "sts")]
   assert cells("| single-task baselines")[:3] == expected
+
+
+def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  assert results.machine(str(run)).endswith(" cores")          # no train_stats.json yet
+  with open(run / "train_stats.json", "w", encoding="utf-8") as f:
+    json.dump({"devices": {"backend": "gpu", "kind": "NVIDIA H200", "count": 1,
+                           "processes": 1}, "windows": []}, f)
+  assert results.machine(str(run)).endswith("; 1 x NVIDIA H200 (gpu, 1 hosts)")
+  _record(tmp_path / "w", "full", 0, 0.4, 0.8, 0.85)
+  out = results.collect(str(tmp_path / "w"), {"groups": {"final recipe": ["full"]}})
+  notes = tmp_path / "notes.md"
+  notes.write_text("Runs of the paper's budget on one GPU.\n", encoding="utf-8")
+  text = results.markdown(out, str(notes))
+  assert "Runs of the paper's budget on one GPU." in text and "## The protocol" not in text
+  assert "## The protocol" not in results.markdown(out, "")      # no notes at all
+  assert "## The protocol" in results.markdown(out)             # docs/results_notes.md
+  with pytest.raises(FileNotFoundError, match="--notes: .*missing.md is not a file"):
+    results.markdown(out, str(tmp_path / "missing.md"))

@@ -117,6 +117,9 @@ def test_train_eval_predict_roundtrip(tiny_ckpt_dir, data_dir, tmp_path):
     assert key in metrics
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     assert json.load(f) == pytest.approx(metrics)
+  with open(os.path.join(workdir, "train_stats.json"), encoding="utf-8") as f:
+    assert json.load(f)["devices"] == {"backend": "cpu", "kind": "cpu", "count": 1,
+                                       "processes": 1}
   pred_dir = os.path.join(workdir, "predictions")
   # The CSV files the course expects, and each split's raw outputs for the report.
   assert sorted(os.listdir(pred_dir)) == ["dev-outputs.npz", "para-dev-output.csv",
