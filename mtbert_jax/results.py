@@ -52,16 +52,24 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
          f"--config={os.path.join(REPO, 'configs', 'protocol.py')}:{row}", *args]
   start = time.time()
-  with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
-    log.write(f"$ {' '.join(cmd)}\n")
-    log.flush()
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+  try:
+    with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
+      log.write(f"$ {' '.join(cmd)}\n")
+      log.flush()
+      proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+  finally:
+    attempts = _record_attempt(out, time.time() - start)
   if proc.returncode != 0:
     raise RuntimeError(f"row {row} seed {seed} failed (exit {proc.returncode}); see "
                        f"{os.path.join(out, 'log.txt')}")
+  if not os.path.isfile(os.path.join(out, "metrics.json")):
+    # launch.py exits 0 on SIGTERM after saving a checkpoint (a scheduler's preemption).
+    raise RuntimeError(f"row {row} seed {seed} stopped before its last step (exit 0, no "
+                       f"metrics.json in {out}); run the same command to resume it")
   with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
-  result = {"row": row, "seed": seed, "metrics": metrics, "seconds": time.time() - start,
+  result = {"row": row, "seed": seed, "metrics": metrics, "seconds": float(sum(attempts)),
+            "attempts": len(attempts),
             "command": " ".join(["python", "launch.py", f"--config=configs/protocol.py:{row}",
                                  *args]), "extra": extra,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -72,6 +80,21 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
     json.dump(result, f, indent=2)
   os.replace(tmp, record)
   return result
+
+
+def _record_attempt(run: str, seconds: float) -> list[float]:
+  """Adds one training attempt's wall time to the run's attempts.json; all of them, so that
+  a resumed run's minutes count its earlier attempts too."""
+  path = os.path.join(run, "attempts.json")
+  times = []
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      times = json.load(f)["seconds"]
+  times.append(seconds)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"seconds": times}, f)
+  os.replace(path + ".tmp", path)
+  return times
 
 
 def machine(run: str) -> str:

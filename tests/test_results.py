@@ -135,3 +135,30 @@ def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_pat
   assert "## The protocol" in results.markdown(out)             # docs/results_notes.md
   with pytest.raises(FileNotFoundError, match="--notes: .*missing.md is not a file"):
     results.markdown(out, str(tmp_path / "missing.md"))
+
+
+def test_a_stopped_run_is_an_error_and_its_time_counts_when_it_resumes(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(cmd, **kwargs):
+    # The first attempt stops as launch.py does on SIGTERM (exit 0, a checkpoint, no
+    # metrics.json); the second finishes.
+    calls.append(cmd)
+    if len(calls) == 2:
+      out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+      with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump({"dev/average": 0.7}, f)
+    return results.subprocess.CompletedProcess(cmd, 0)
+
+  monkeypatch.setattr(results.subprocess, "run", fake_run)
+  with pytest.raises(RuntimeError, match="stopped before its last step .* resume it"):
+    results.run_one(str(tmp_path), "ablation/smart", 0, [])
+  assert not os.path.exists(os.path.join(results.run_dir(str(tmp_path), "ablation/smart", 0),
+                                         "run.json"))
+  record = results.run_one(str(tmp_path), "ablation/smart", 0, [])
+  assert record["attempts"] == 2 and record["metrics"] == {"dev/average": 0.7}
+  with open(os.path.join(results.run_dir(str(tmp_path), "ablation/smart", 0),
+                         "attempts.json"), encoding="utf-8") as f:
+    assert record["seconds"] == pytest.approx(sum(json.load(f)["seconds"]))
+  assert results.run_one(str(tmp_path), "ablation/smart", 0, []) == record   # read back
+  assert len(calls) == 2
