@@ -14,6 +14,8 @@ files, and its `history.jsonl`, it writes `report.md` and PNG figures:
   most confident false positives and negatives with their word overlap; STS: the pairs
   with the largest errors, with their word overlap;
 * training curves: each task's training loss and each dev metric over steps;
+* calibration: the expected calibration error of the sentiment and paraphrase
+  probabilities, and their reliability bins (confidence against accuracy);
 * Table 3: the correlation of the tasks' dev metrics across the run's evaluations and,
   given several workdirs, across the runs, with the number of points behind each.
 
@@ -125,6 +127,37 @@ def largest_errors(pred: np.ndarray, gold: np.ndarray, k: int) -> list[int]:
   """Indices of the `k` largest |pred - gold|, largest first; ties keep file order."""
   err = np.abs(np.asarray(pred, float) - np.asarray(gold, float))
   return np.argsort(-err, kind="stable")[:k].tolist()
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+                ) -> tuple[list[tuple[float, float, int, float, float]], float]:
+  """Reliability of confidences in [0, 1]: for each non-empty one of `bins` equal-width
+  bins (low, high, count, mean confidence, accuracy), and the expected calibration error
+  sum_b n_b / N * |accuracy_b - confidence_b|."""
+  conf, ok = np.asarray(confidence, float), np.asarray(correct, bool)
+  index = np.minimum((conf * bins).astype(int), bins - 1)
+  rows, ece = [], 0.0
+  for b in range(bins):
+    sel = index == b
+    if sel.any():
+      c, a = float(conf[sel].mean()), float(ok[sel].mean())
+      rows.append((b / bins, (b + 1) / bins, int(sel.sum()), c, a))
+      ece += sel.sum() / len(conf) * abs(a - c)
+  return rows, float(ece)
+
+
+def confidences(task: str, outputs: np.ndarray, gold: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(confidence in the predicted label, whether it is right) from raw outputs: sentiment
+  logits [N, 5] (the softmax's largest probability) or a paraphrase logit [N] (P of the
+  predicted side of 0.5)."""
+  x = np.asarray(outputs, float)
+  if task == "sst":
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p.max(axis=1), p.argmax(axis=1) == np.asarray(gold)
+  p = 1 / (1 + np.exp(-x))
+  return np.maximum(p, 1 - p), (p > 0.5) == (np.asarray(gold) == 1)
 
 
 def correlation_table(points: Sequence[dict[str, float]], keys: Sequence[str]
@@ -377,6 +410,41 @@ def _correlations(points: Sequence[dict[str, float]], what: str) -> list[str]:
   return lines + [""]
 
 
+def _calibration(runs: Sequence[Run]) -> list[str]:
+  """The calibration section: each run's ECE, then the first run's reliability bins."""
+  tasks = [t for t in ("sst", "para") if t in runs[0].tasks and runs[0].tasks[t].raw]
+  if not tasks:
+    return []
+  names = {"sst": "sentiment (softmax)", "para": "paraphrase (sigmoid)"}
+  lines = ["## Calibration of the probabilities", "",
+           "Confidence: the probability the model gives its predicted label (what "
+           "`Predictor.sentiment_probabilities` and `paraphrase_probability` return). "
+           "ECE: the expected calibration error over 10 equal-width confidence bins "
+           "(0 is perfect); in the bins, a negative gap (accuracy below confidence) is "
+           "over-confidence.", ""]
+  ece_rows = []
+  for r in runs:
+    cells = []
+    for t in tasks:
+      res = r.tasks.get(t)
+      if res is None or not res.raw:
+        cells.append("-")
+        continue
+      conf, ok = confidences(t, res.outputs, res.gold)
+      cells.append(f"{calibration(conf, ok)[1]:.4f}")
+    ece_rows.append([r.name] + cells)
+  lines += _table(["run"] + [f"ECE, {names[t]}" for t in tasks], ece_rows) + [""]
+  for t in tasks:
+    res = runs[0].tasks[t]
+    conf, ok = confidences(t, res.outputs, res.gold)
+    bins, _ = calibration(conf, ok)
+    lines += [f"{runs[0].name}, {names[t]}:", ""]
+    lines += _table(["confidence", "examples", "mean confidence", "accuracy", "gap"],
+                    [[f"{lo:.1f}-{hi:.1f}", n, f"{c:.3f}", f"{a:.3f}", f"{a - c:+.3f}"]
+                     for lo, hi, n, c, a in bins]) + [""]
+  return lines
+
+
 def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   """Writes `out/report.md` and its figures for `runs` (the first in detail)."""
   plt = _pyplot()
@@ -453,6 +521,7 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
                     [[f"{r.gold[i]:.2f}", f"{r.predictions[i]:.2f}", f"{overlap[i]:.2f}",
                       _quote(r.texts[i][0]), _quote(r.texts[i][1])] for i in idx])
     lines.append("")
+  lines += _calibration(runs)
   curves = figure_curves(plt, runs, out)
   lines += ["## Training curves", ""]
   lines += ([f"![training curves]({curves[0]})", ""] if curves else

@@ -62,6 +62,25 @@ def test_correlation_table():
   assert n == 2
 
 
+def test_calibration_bins_and_ece():
+  conf = np.array([0.95, 0.91, 0.55, 0.52, 0.58, 1.0])
+  ok = np.array([True, False, True, True, False, True])
+  bins, ece = report.calibration(conf, ok)
+  # Bins 0.5-0.6 (3 examples) and 0.9-1.0 (3; a confidence of 1 falls in the last bin).
+  assert [(lo, n) for lo, _, n, _, _ in bins] == [(0.5, 3), (0.9, 3)]
+  assert bins[0][3] == pytest.approx(0.55) and bins[0][4] == pytest.approx(2 / 3)
+  assert bins[1][3] == pytest.approx(2.86 / 3) and bins[1][4] == pytest.approx(2 / 3)
+  assert ece == pytest.approx(0.5 * abs(2 / 3 - 0.55) + 0.5 * abs(2 / 3 - 2.86 / 3))
+  # From raw outputs: the softmax's largest probability; the sigmoid's side of 0.5.
+  conf, ok = report.confidences("sst", np.log([[0.1, 0.6, 0.1, 0.1, 0.1],
+                                               [0.7, 0.1, 0.1, 0.05, 0.05]]), np.array([1, 2]))
+  np.testing.assert_allclose(conf, [0.6, 0.7])
+  assert ok.tolist() == [True, False]
+  conf, ok = report.confidences("para", np.log([4.0, 1 / 9]), np.array([1, 1]))
+  np.testing.assert_allclose(conf, [0.8, 0.9])
+  assert ok.tolist() == [True, False]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_ckpt_dir, data_dir, tmp_path_factory):
   c = smoke.get_config()
@@ -95,6 +114,7 @@ def test_report_of_a_workdir(run_dir, tmp_path):
     assert os.path.getsize(tmp_path / "out" / name) > 1000, name
     assert name in text
   assert "most confident false positives" in text and "Table 3" in text
+  assert "## Calibration of the probabilities" in text and "ECE, paraphrase (sigmoid)" in text
   assert f"{run.metrics['dev/para_acc']:.4f}" in text
   # Deterministic: the same workdir gives the same files.
   again = report.write_report([run, run], str(tmp_path / "again"))
