@@ -105,7 +105,9 @@ def machine(run: str) -> str:
     with open(stats, encoding="utf-8") as f:
       dev = json.load(f).get("devices")
     if dev and dev.get("backend") != "cpu":
-      text += f"; {dev['count']} x {dev['kind']} ({dev['backend']}, {dev['processes']} hosts)"
+      hosts = dev["processes"]
+      text += (f"; {dev['count']} x {dev['kind']} ({dev['backend']}, {hosts} "
+               f"host{'s' if hosts != 1 else ''})")
   return text
 
 

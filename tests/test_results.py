@@ -124,7 +124,7 @@ def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_pat
   with open(run / "train_stats.json", "w", encoding="utf-8") as f:
     json.dump({"devices": {"backend": "gpu", "kind": "NVIDIA H200", "count": 1,
                            "processes": 1}, "windows": []}, f)
-  assert results.machine(str(run)).endswith("; 1 x NVIDIA H200 (gpu, 1 hosts)")
+  assert results.machine(str(run)).endswith("; 1 x NVIDIA H200 (gpu, 1 host)")
   _record(tmp_path / "w", "full", 0, 0.4, 0.8, 0.85)
   out = results.collect(str(tmp_path / "w"), {"groups": {"final recipe": ["full"]}})
   notes = tmp_path / "notes.md"
