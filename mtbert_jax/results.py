@@ -10,9 +10,10 @@ Each (row, seed) trains as its own process, the command a user would run:
 --config.seed=K`; a finished run (its `metrics.json` and `run.json`) is read back, not
 repeated, and a run that was stopped resumes from its checkpoint. Then
 `docs/results.json` gets every finished run's dev metrics per row (mean, standard
-deviation over seeds, the seeds' values), the single-task baselines
-(`benchmarks/single_task_baselines.py`'s JSON) under "baselines", and `docs/results.md`
-the tables, grouped as the rows were (`--group`), with each row's description.
+deviation over seeds, the seeds' values, and each run's record under "runs", so that an
+invocation on another machine or workdir adds to the file instead of replacing it), the
+single-task baselines (`benchmarks/single_task_baselines.py`'s JSON) under "baselines",
+and `docs/results.md` the tables, grouped as the rows were (`--group`), with each row's description.
 """
 
 from __future__ import annotations
@@ -270,9 +271,23 @@ def _against_baselines(results: dict) -> list[str]:
   return lines + [""]
 
 
-def collect(workdir: str, previous: dict) -> dict:
-  """Every finished run under `workdir`, aggregated per row; groups kept from `previous`."""
-  rows: dict[str, list[dict]] = {}
+def collect(workdir: str, previous: dict, source: str = "the previous results") -> dict:
+  """Every finished run, aggregated per row; groups kept from `previous`.
+
+  The runs are those that `previous` (the JSON written last time, read from `source`)
+  records under each row's "runs", and those under `workdir`; a run under `workdir`
+  replaces a recorded one of the same row and seed. So the tables keep the runs of other
+  machines, sessions and deleted workdirs: a fresh `--workdir` adds to a results file and
+  never shrinks it.
+  """
+  runs: dict[tuple[str, int], dict] = {}
+  for row, recorded in previous.get("rows", {}).items():
+    if "runs" not in recorded:
+      raise ValueError(f"{source}: row {row!r} has no per-run records (\"runs\"), so it "
+                       "cannot be merged with new runs without losing them; rerun its "
+                       "seeds into --workdir, or remove the row from the file")
+    for run in recorded["runs"]:
+      runs[(row, run["seed"])] = run
   if os.path.isdir(workdir):
     for name in sorted(os.listdir(workdir)):
       if not os.path.isdir(os.path.join(workdir, name)):
@@ -282,14 +297,16 @@ def collect(workdir: str, previous: dict) -> dict:
         if os.path.isfile(record):
           with open(record, encoding="utf-8") as f:
             run = json.load(f)
-          rows.setdefault(run["row"], []).append(run)
+          runs[(run["row"], run["seed"])] = run
+  rows: dict[str, list[dict]] = {}
+  for key in sorted(runs):
+    rows.setdefault(key[0], []).append(runs[key])
   out = {"protocol": "configs/protocol.py", "rows": {}, "groups": previous.get("groups", {})}
-  for row, runs in rows.items():
-    out["rows"][row] = dict(aggregate(sorted(runs, key=lambda r: r["seed"])),
-                            description=row_description(row),
-                            commands=[r["command"] for r in runs],
-                            finished=[r["finished"] for r in runs],
-                            machine=runs[0]["machine"])
+  for row, row_runs in rows.items():
+    out["rows"][row] = dict(aggregate(row_runs), description=row_description(row),
+                            commands=[r["command"] for r in row_runs],
+                            finished=[r["finished"] for r in row_runs],
+                            machine=row_runs[0]["machine"], runs=row_runs)
   return out
 
 
@@ -324,10 +341,10 @@ def main(argv):
         print(f"{row} seed {seed}: " + ", ".join(
             f"{k}={result['metrics'][k]:.4f}" for k, _ in METRICS), flush=True)
         # The tables after every run, so a long invocation shows what it has so far.
-        results = collect(_WORKDIR.value, previous)
+        results = collect(_WORKDIR.value, previous, out + ".json")
         results["baselines"] = _read_baselines()
         write(out, results, _NOTES.value)
-  results = collect(_WORKDIR.value, previous)
+  results = collect(_WORKDIR.value, previous, out + ".json")
   results["groups"] = {g: [r for r in rows if r in results["rows"]]
                        for g, rows in results["groups"].items()}
   results["baselines"] = _read_baselines()

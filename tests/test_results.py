@@ -73,6 +73,29 @@ def test_differences_are_starred_only_beyond_both_rows_seed_spread(tmp_path):
   assert "Table 3 (task correlations across these rows) needs 3 rows or more; 2 so far." in text
 
 
+def test_runs_recorded_before_stay_when_a_new_workdir_adds_runs(tmp_path):
+  """docs/results.json keeps each run's record, so an invocation on a fresh machine (an
+  empty --workdir but for its own runs) adds to the tables instead of replacing them."""
+  _record(tmp_path / "old", "full", 0, 0.40, 0.80, 0.85)
+  _record(tmp_path / "old", "full", 1, 0.44, 0.82, 0.86)
+  _record(tmp_path / "old", "quick", 0, 0.30, 0.70, 0.80)
+  first = results.collect(str(tmp_path / "old"), {"groups": {"g": ["quick", "full"]}})
+  first = json.loads(json.dumps(first))                  # as written to and read from disk
+  # The new workdir has seed 2 of full and a rerun of full's seed 1 (its record wins).
+  _record(tmp_path / "new", "full", 2, 0.42, 0.84, 0.87)
+  _record(tmp_path / "new", "full", 1, 0.46, 0.82, 0.86)
+  out = results.collect(str(tmp_path / "new"), first, "docs/results.json")
+  assert out["rows"]["full"]["seeds"] == [0, 1, 2]
+  assert out["rows"]["full"]["dev/sst_acc"]["seeds"] == [0.40, 0.46, 0.42]
+  assert out["rows"]["quick"] == first["rows"]["quick"]
+  assert out["groups"] == {"g": ["quick", "full"]}
+  assert results.collect(str(tmp_path / "missing"), first)["rows"] == first["rows"]
+  # A results file without per-run records cannot be merged without losing runs: an error.
+  del first["rows"]["quick"]["runs"]
+  with pytest.raises(ValueError, match="docs/results.json: row 'quick' has no per-run"):
+    results.collect(str(tmp_path / "new"), first, "docs/results.json")
+
+
 def test_the_ablation_group_has_table_3_across_its_rows(tmp_path):
   # SST and Quora rise together across the rows, STS falls as they rise.
   for row, (sst, para, sts) in {"baseline": (0.40, 0.80, 0.86), "smart": (0.42, 0.81, 0.85),
