@@ -90,7 +90,7 @@ echo "$LIST" | timeout "$LIMIT" xargs -P "$JOBS" -L 1 bash -c '
   row=$0 seed=$1 tag=${0//\//__}
   case $row in ablation/*) group=ablation;; *) group="final recipe";; esac
   python3 -m mtbert_jax.results --rows="$row" --seeds="$seed" --group="$group" \
-    --workdir="$W" --out="$W/out_${tag}_$seed" --baselines= --notes= \
+    --workdir="$W" --out="$W/out_${tag}_$seed" --baselines= --notes= --nofigures \
     --set=train.num_steps=$STEPS --set=train.batch_size=$BATCH \
     --set=train.eval_every=$STEPS --set=train.ckpt_every=$STEPS \
     --set=model.checkpoint=$CKPT $RESULTS_SET > "$W/${tag}_$seed.log" 2>&1
@@ -106,7 +106,7 @@ $STEPS optimizer steps of batch $BATCH each (the paper's budget is 1,500 x 64), 
 protocol's 2,212 x 32; otherwise \`configs/protocol.py\` (bfloat16, length 128, one
 evaluation after the last step, full dev sets). The JSON has each run's command.
 EOF
-python3 -m mtbert_jax.results --tables_only --workdir="$W" --out="$W/tables" --baselines= \
+python3 -m mtbert_jax.results --tables_only --workdir="$W" --out="$W/tables" --baselines= --nofigures \
   --notes="$W/notes.md" > "$W/tables.log" 2>&1 || tail -n 5 "$W/tables.log"
 cp "$W/tables.md" "$OUT/results_paper_budget.md"
 cp "$W/tables.json" "$OUT/results_paper_budget.json"

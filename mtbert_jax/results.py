@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -160,8 +161,9 @@ def _shown(path: str) -> str:
   return path if rel.startswith("..") else rel
 
 
-def markdown(results: dict, notes: str = NOTES) -> str:
-  """The tables, after the text of `notes` (a markdown file; "" = none)."""
+def markdown(results: dict, notes: str = NOTES, figures: dict | None = None) -> str:
+  """The tables, after the text of `notes` (a markdown file; "" = none); `figures` maps a
+  group to its figure's file name (beside the markdown file), shown under its table."""
   lines = [f"<!-- Written by `python -m mtbert_jax.results`; edit {_shown(notes)}, "
            "not this file. -->" if notes else
            "<!-- Written by `python -m mtbert_jax.results`. -->", "# Results", ""]
@@ -192,6 +194,8 @@ def markdown(results: dict, notes: str = NOTES) -> str:
       lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(r['seeds'])} | "
                    f"{r['minutes_per_run']:.0f} | {r['description']} |")
     lines.append("")
+    if figures and group in figures:
+      lines += [f"![{group}: each row's mean, seed spread and seeds]({figures[group]})", ""]
     lines += _differences(results["rows"], rows)
     if rows and all(r.startswith("ablation/") for r in rows):
       lines += _task_correlations(results["rows"], rows)
@@ -310,9 +314,29 @@ def collect(workdir: str, previous: dict, source: str = "the previous results") 
   return out
 
 
-def write(out: str, results: dict, notes: str = NOTES) -> None:
+def figure_name(out: str, group: str) -> str:
+  """The file of a group's figure: OUT_<group as a slug>.png, beside OUT.md."""
+  slug = re.sub(r"[^a-z0-9]+", "-", group.lower()).strip("-")
+  return f"{os.path.basename(out)}_{slug}.png"
+
+
+def draw_figures(out: str, results: dict) -> dict[str, str]:
+  """A figure per group of rows (report.figure_results); {group: file name}."""
+  from mtbert_jax import report  # pylint: disable=import-outside-toplevel
+  plt = report._pyplot()  # pylint: disable=protected-access
+  names = {}
+  for group, rows in results["groups"].items():
+    if rows:
+      names[group] = figure_name(out, group)
+      report.figure_results(plt, results["rows"], rows, results.get("baselines"),
+                            os.path.join(os.path.dirname(out) or ".", names[group]),
+                            f"{group}: dev metrics")
+  return names
+
+
+def write(out: str, results: dict, notes: str = NOTES, figures: dict | None = None) -> None:
   for path, text in ((out + ".json", json.dumps(results, indent=2)),
-                     (out + ".md", markdown(results, notes))):
+                     (out + ".md", markdown(results, notes, figures))):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text + "\n")
@@ -348,8 +372,15 @@ def main(argv):
   results["groups"] = {g: [r for r in rows if r in results["rows"]]
                        for g, rows in results["groups"].items()}
   results["baselines"] = _read_baselines()
-  write(out, results, _NOTES.value)
-  print(markdown(results, _NOTES.value))
+  figures = {}
+  if _FIGURES.value:
+    from mtbert_jax import report  # pylint: disable=import-outside-toplevel
+    try:
+      figures = draw_figures(out, results)
+    except report.ReportError as e:
+      raise app.UsageError(f"{e}; or --nofigures for the tables alone") from None
+  write(out, results, _NOTES.value, figures)
+  print(markdown(results, _NOTES.value, figures))
 
 
 def _read_baselines() -> dict | None:
@@ -373,4 +404,6 @@ if __name__ == "__main__":
   _NOTES = flags.DEFINE_string("notes", NOTES, "markdown file written above the tables; "
                                "'' = none (e.g. runs of another budget or machine)")
   _TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "only rewrite the tables")
+  _FIGURES = flags.DEFINE_bool("figures", True, "also draw a figure per group (OUT_GROUP.png, "
+                               "matplotlib: the [report] extra), shown in OUT.md")
   app.run(main)

@@ -108,6 +108,27 @@ def test_the_ablation_group_has_table_3_across_its_rows(tmp_path):
   assert "| sts | -1.00 | -1.00 | 1.00 |" in text
 
 
+def test_each_group_gets_a_figure_shown_under_its_table(tmp_path):
+  pytest.importorskip("matplotlib")
+  for seed, (sst, para, sts) in enumerate([(0.40, 0.80, 0.85), (0.42, 0.82, 0.85)]):
+    _record(tmp_path / "w", "ablation/baseline", seed, sst, para, sts)
+  _record(tmp_path / "w", "ablation/smart", 0, 0.44, 0.81, 0.85)
+  _record(tmp_path / "w", "full", 0, 0.45, 0.83, 0.86)
+  out = results.collect(str(tmp_path / "w"), {"groups": {
+      "ablation": ["ablation/baseline", "ablation/smart"], "recipe search": ["full"]}})
+  out["baselines"] = _baselines([0.415], [0.81], [0.83])
+  figures = results.draw_figures(str(tmp_path / "results"), out)
+  assert figures == {"ablation": "results_ablation.png",
+                     "recipe search": "results_recipe-search.png"}
+  for name in figures.values():
+    with open(tmp_path / name, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  text = results.markdown(out, "", figures)
+  table_end = text.index("| ablation/smart | 0.440")
+  assert text.index("](results_ablation.png)") > table_end
+  assert "](results_ablation.png)" not in results.markdown(out, "")
+
+
 def test_the_command_line_tools_import_together():
   """results, report and analysis share flag names (--workdir, --out, --rows); each
   defines its flags only as the program, so one process (the test session) imports all."""
