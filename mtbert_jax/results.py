@@ -13,12 +13,15 @@ repeated, and a run that was stopped resumes from its checkpoint. Then
 deviation over seeds, the seeds' values, and each run's record under "runs", so that an
 invocation on another machine or workdir adds to the file instead of replacing it), the
 single-task baselines (`benchmarks/single_task_baselines.py`'s JSON) under "baselines",
-and `docs/results.md` the tables, grouped as the rows were (`--group`), with each row's description.
+and `docs/results.md` the tables, grouped as the rows were (`--group`), with each row's
+description, and a figure per group. Invocations may run side by side into one `--out`
+(each on its own rows): every write reads the file as it is then, under a lock.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -343,43 +346,59 @@ def write(out: str, results: dict, notes: str = NOTES, figures: dict | None = No
     os.replace(tmp, path)
 
 
+def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
+           baselines: dict | None = None, figures: bool = False) -> tuple[dict, dict]:
+  """Rewrites OUT.json and OUT.md (and with `figures` the groups' figures) from OUT.json as
+  it is now and the runs under `workdir`, filing each row of `filed` under its group (moved
+  from any other group; rows without a finished run are left out of the groups). Holds an
+  exclusive lock on OUT.lock throughout, so that invocations running side by side into one
+  OUT add to each other's tables instead of writing over them. (results, figures)."""
+  with open(out + ".lock", "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    previous = {}
+    if os.path.isfile(out + ".json"):
+      with open(out + ".json", encoding="utf-8") as f:
+        previous = json.load(f)
+    groups = previous.setdefault("groups", {})
+    for row, group in filed.items():
+      if row in groups.get(group, []):
+        continue
+      for rows in groups.values():
+        if row in rows:
+          rows.remove(row)
+      groups.setdefault(group, []).append(row)
+    results = collect(workdir, previous, out + ".json")
+    results["groups"] = {g: [r for r in rows if r in results["rows"]]
+                         for g, rows in results["groups"].items()}
+    results["baselines"] = baselines
+    names = draw_figures(out, results) if figures else {}
+    write(out, results, notes, names)
+  return results, names
+
+
 def main(argv):
   del argv
   if _NOTES.value and not os.path.isfile(_NOTES.value):
     raise app.UsageError(f"--notes={_NOTES.value}: no such file (the markdown written above "
                          "the tables; --notes= for none)")
-  out = _OUT.value
-  previous = {}
-  if os.path.isfile(out + ".json"):
-    with open(out + ".json", encoding="utf-8") as f:
-      previous = json.load(f)
+  if _FIGURES.value:  # before any run: a missing matplotlib should not wait hours to show
+    from mtbert_jax import report  # pylint: disable=import-outside-toplevel
+    try:
+      report._pyplot()  # pylint: disable=protected-access
+    except report.ReportError as e:
+      raise app.UsageError(f"{e}; or --nofigures for the tables alone") from None
+  out, workdir = _OUT.value, _WORKDIR.value
+  filed = {} if _TABLES_ONLY.value else {row: _GROUP.value for row in _ROWS.value}
   if not _TABLES_ONLY.value:
     for row in _ROWS.value:
-      groups = previous.setdefault("groups", {})
-      for rows in groups.values():
-        if row in rows:
-          rows.remove(row)
-      groups.setdefault(_GROUP.value, []).append(row)
       for seed in _SEEDS.value:
-        result = run_one(_WORKDIR.value, row, int(seed), _SET.value)
+        result = run_one(workdir, row, int(seed), _SET.value)
         print(f"{row} seed {seed}: " + ", ".join(
             f"{k}={result['metrics'][k]:.4f}" for k, _ in METRICS), flush=True)
         # The tables after every run, so a long invocation shows what it has so far.
-        results = collect(_WORKDIR.value, previous, out + ".json")
-        results["baselines"] = _read_baselines()
-        write(out, results, _NOTES.value)
-  results = collect(_WORKDIR.value, previous, out + ".json")
-  results["groups"] = {g: [r for r in rows if r in results["rows"]]
-                       for g, rows in results["groups"].items()}
-  results["baselines"] = _read_baselines()
-  figures = {}
-  if _FIGURES.value:
-    from mtbert_jax import report  # pylint: disable=import-outside-toplevel
-    try:
-      figures = draw_figures(out, results)
-    except report.ReportError as e:
-      raise app.UsageError(f"{e}; or --nofigures for the tables alone") from None
-  write(out, results, _NOTES.value, figures)
+        update(out, workdir, filed, _NOTES.value, _read_baselines())
+  results, figures = update(out, workdir, filed, _NOTES.value, _read_baselines(),
+                            _FIGURES.value)
   print(markdown(results, _NOTES.value, figures))
 
 

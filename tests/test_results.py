@@ -96,6 +96,28 @@ def test_runs_recorded_before_stay_when_a_new_workdir_adds_runs(tmp_path):
     results.collect(str(tmp_path / "new"), first, "docs/results.json")
 
 
+def test_invocations_side_by_side_into_one_out_add_to_each_others_tables(tmp_path):
+  """Each write reads OUT.json as it is then (under a lock), so two invocations running at
+  once, even into different workdirs, keep each other's rows and groups."""
+  out = str(tmp_path / "results")
+  _record(tmp_path / "a", "ablation/smart", 0, 0.44, 0.81, 0.85)
+  results.update(out, str(tmp_path / "a"), {"ablation/smart": "ablation"}, "")
+  _record(tmp_path / "b", "ablation/tweets", 0, 0.38, 0.80, 0.84)
+  results.update(out, str(tmp_path / "b"), {"ablation/tweets": "ablation",
+                                            "ablation/simcse": "ablation"}, "")  # not run yet
+  _record(tmp_path / "a", "ablation/smart", 1, 0.46, 0.83, 0.83)
+  table, _ = results.update(out, str(tmp_path / "a"), {"ablation/smart": "ablation"}, "")
+  assert table["groups"] == {"ablation": ["ablation/smart", "ablation/tweets"]}
+  assert table["rows"]["ablation/smart"]["seeds"] == [0, 1]
+  assert table["rows"]["ablation/tweets"]["seeds"] == [0]
+  with open(out + ".json", encoding="utf-8") as f:
+    assert json.load(f)["groups"] == table["groups"]
+  # A row filed under another group moves there; --tables_only (nothing filed) keeps groups.
+  table, _ = results.update(out, str(tmp_path / "b"), {"ablation/tweets": "extra data"}, "")
+  assert table["groups"] == {"ablation": ["ablation/smart"], "extra data": ["ablation/tweets"]}
+  assert results.update(out, str(tmp_path / "none"), {}, "")[0]["groups"] == table["groups"]
+
+
 def test_the_ablation_group_has_table_3_across_its_rows(tmp_path):
   # SST and Quora rise together across the rows, STS falls as they rise.
   for row, (sst, para, sts) in {"baseline": (0.40, 0.80, 0.86), "smart": (0.42, 0.81, 0.85),
