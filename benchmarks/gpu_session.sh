@@ -11,12 +11,14 @@
 # One device call may run 600 s at most, so the phases come in parts, one call each:
 #   bash benchmarks/gpu_session.sh results  # the ablation and the final recipe at the
 #                                           # paper's budget, seeds in parallel (~500 s)
+#   bash benchmarks/gpu_session.sh search   # candidates on the winner, 3 seeds each, at the
+#                                           # protocol's budget, in parallel (~500 s)
 #   bash benchmarks/gpu_session.sh core     # probe, bert-base and minilm vs PyTorch (~500 s)
 #   bash benchmarks/gpu_session.sh extra    # attention xla/cudnn, remat, configs/full.py
 # A session's device time (15 minutes) fits about one part and the machine's start-up:
-# `results` first, then `core`, then `extra`.
+# `results` first, then `search`, `core`, `extra`.
 PART=${1:-core}
-case "$PART" in core|extra|results) ;; *) echo "usage: $0 core|extra|results" >&2; exit 2;; esac
+case "$PART" in core|extra|results|search) ;; *) echo "usage: $0 core|extra|results|search" >&2; exit 2;; esac
 
 set -u
 export PYTHONUNBUFFERED=1
@@ -64,61 +66,75 @@ cp /tmp/full/metrics.json "$OUT/full_metrics.json" 2>/dev/null
 cp /tmp/full/train_stats.json "$OUT/full_train_stats.json" 2>/dev/null
 tail -n 12 "$OUT/full.log"
 fi
-if [ "$PART" = results ]; then
-# Each ablation row (configs/ablation.py, the paper's Figure 3) with seeds 0 and 1 and the
-# final recipe (protocol row `full`, = configs/full.py) with seeds 0-2, at the paper's budget
-# (1,500 steps of batch 64) instead of the CPU protocol's 2,212 x 32; the rest is the
-# protocol's (bf16, length 128, one evaluation after the last step, full dev sets).
+if [ "$PART" = results ] || [ "$PART" = search ]; then
+# results: each ablation row (configs/ablation.py, the paper's Figure 3) with seeds 0 and 1
+# and the final recipe (protocol row `full`, = configs/full.py) with seeds 0-2, at the
+# paper's budget (1,500 steps of batch 64) instead of the CPU protocol's 2,212 x 32; the
+# rest is the protocol's (bf16, length 128, one evaluation after the last step, full dev
+# sets).
+# search: the winner `cross_prop` and the candidates built on it (`prop_*` of
+# configs/protocol.py) with seeds 0-2 at the protocol's own budget (2,212 x 32): the recipe
+# search of docs/results.md, continued on the GPU.
 # RESULTS_JOBS runs share the GPU (MiniLM needs a few GiB each), each its own
 # `python -m mtbert_jax.results` invocation into one workdir; the most telling runs come
 # first, so that a timeout leaves those. Only finished runs make the tables
-# ($OUT/results_paper_budget.md/.json); each run's folder, without checkpoints, is copied
-# to $OUT/runs/ (for the report, later). The RESULTS_* variables are for a dry run on a
+# ($OUT/results_<part>.md/.json); each run's folder, without checkpoints, is copied to
+# $OUT/runs_<part>/ (for the report, later). The RESULTS_* variables are for a dry run on a
 # small machine.
-STEPS=${RESULTS_STEPS:-1500}; BATCH=${RESULTS_BATCH:-64}; JOBS=${RESULTS_JOBS:-8}
+JOBS=${RESULTS_JOBS:-8}
 LIMIT=${RESULTS_TIMEOUT:-480}
-ROWS="baseline prompting smart task_weighting simcse tweets full cosine"
-DEFAULT_LIST=$(printf 'full %s\n' 0 1 2
-  for r in $ROWS; do echo "ablation/$r 0"; done
-  for r in $ROWS; do echo "ablation/$r 1"; done)
+if [ "$PART" = results ]; then
+  STEPS=${RESULTS_STEPS:-1500}; BATCH=${RESULTS_BATCH:-64}
+  ROWS="baseline prompting smart task_weighting simcse tweets full cosine"
+  DEFAULT_LIST=$(printf 'full %s\n' 0 1 2
+    for r in $ROWS; do echo "ablation/$r 0"; done
+    for r in $ROWS; do echo "ablation/$r 1"; done)
+  GROUPS_JSON="{\"groups\": {\"final recipe\": [\"full\"], \"ablation\": ["
+  for r in $ROWS; do GROUPS_JSON+="\"ablation/$r\", "; done
+else
+  STEPS=${RESULTS_STEPS:-2212}; BATCH=${RESULTS_BATCH:-32}
+  ROWS="cross_prop prop_label_smoothing prop_layer_decay prop_mlp_head prop_lr5e-5"
+  ROWS+=" prop_lr2e-4 prop_smart"
+  DEFAULT_LIST=$(for s in 0 1 2; do for r in $ROWS; do echo "$r $s"; done; done)
+  GROUPS_JSON="{\"groups\": {\"recipe search on the winner\": ["
+  for r in $ROWS; do GROUPS_JSON+="\"$r\", "; done
+fi
+GROUPS_JSON="${GROUPS_JSON%, }]}}"
 LIST=${RESULTS_LIST:-$DEFAULT_LIST}
-W=/tmp/results_paper
+W=/tmp/results_$PART
 mkdir -p "$W"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false W STEPS BATCH CKPT RESULTS_SET="${RESULTS_SET:-}"
-stamp "results: $(echo "$LIST" | wc -l) runs, $JOBS at a time, $STEPS x $BATCH, $LIMIT s"
+stamp "$PART: $(echo "$LIST" | wc -l) runs, $JOBS at a time, $STEPS x $BATCH, $LIMIT s"
 echo "$LIST" | timeout "$LIMIT" xargs -P "$JOBS" -L 1 bash -c '
   row=$0 seed=$1 tag=${0//\//__}
-  case $row in ablation/*) group=ablation;; *) group="final recipe";; esac
+  case $row in ablation/*) group=ablation;; full) group="final recipe";;
+    *) group="recipe search on the winner";; esac
   python3 -m mtbert_jax.results --rows="$row" --seeds="$seed" --group="$group" \
     --workdir="$W" --out="$W/out_${tag}_$seed" --baselines= --notes= --nofigures \
     --set=train.num_steps=$STEPS --set=train.batch_size=$BATCH \
     --set=train.eval_every=$STEPS --set=train.ckpt_every=$STEPS \
     --set=model.checkpoint=$CKPT $RESULTS_SET > "$W/${tag}_$seed.log" 2>&1
   echo "$row seed $seed: exit $? at $(date +%T)"' 2>&1 | tee -a "$OUT/session.txt"
-stamp "results: the tables of the finished runs"
-GROUPS_JSON='{"groups": {"final recipe": ["full"], "ablation": ['
-for r in $ROWS; do GROUPS_JSON+="\"ablation/$r\", "; done
-echo "${GROUPS_JSON%, }]}}" > "$W/tables.json"
+stamp "$PART: the tables of the finished runs"
+echo "$GROUPS_JSON" > "$W/tables.json"
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-cat > "$W/notes.md" <<EOF
-Runs of \`bash benchmarks/gpu_session.sh results\` ($(date -u +%F), ${GPU_NAME:-no GPU}):
-$STEPS optimizer steps of batch $BATCH each (the paper's budget is 1,500 x 64), not the CPU
-protocol's 2,212 x 32; otherwise \`configs/protocol.py\` (bfloat16, length 128, one
-evaluation after the last step, full dev sets). The JSON has each run's command.
-EOF
-python3 -m mtbert_jax.results --tables_only --workdir="$W" --out="$W/tables" --baselines= --nofigures \
-  --notes="$W/notes.md" > "$W/tables.log" 2>&1 || tail -n 5 "$W/tables.log"
-cp "$W/tables.md" "$OUT/results_paper_budget.md"
-cp "$W/tables.json" "$OUT/results_paper_budget.json"
-cat "$OUT/results_paper_budget.md"
+printf '%s\n' "Runs of \`bash benchmarks/gpu_session.sh $PART\` ($(date -u +%F), ${GPU_NAME:-no GPU}):" \
+  "$STEPS optimizer steps of batch $BATCH each (the CPU protocol's budget is 2,212 x 32," \
+  "the paper's 1,500 x 64); otherwise \`configs/protocol.py\` (bfloat16, length 128, one" \
+  "evaluation after the last step, full dev sets). The JSON has each run's command." > "$W/notes.md"
+python3 -m mtbert_jax.results --tables_only --workdir="$W" --out="$W/tables" --baselines= \
+  --nofigures --notes="$W/notes.md" > "$W/tables.log" 2>&1 || tail -n 5 "$W/tables.log"
+cp "$W/tables.md" "$OUT/results_$PART.md"
+cp "$W/tables.json" "$OUT/results_$PART.json"
+cat "$OUT/results_$PART.md"
 for d in "$W"/*/seed*; do
   [ -f "$d/run.json" ] || continue
-  t="$OUT/runs/$(basename "$(dirname "$d")")/$(basename "$d")"
+  t="$OUT/runs_$PART/$(basename "$(dirname "$d")")/$(basename "$d")"
   mkdir -p "$t" && (cd "$d" && tar cf - --exclude=./checkpoints --exclude=./best .) \
     | (cd "$t" && tar xf -)
 done
-mkdir -p "$OUT/runs" && cp "$W"/*.log "$OUT/runs/" 2>/dev/null
+mkdir -p "$OUT/runs_$PART" && cp "$W"/*.log "$OUT/runs_$PART/" 2>/dev/null
 fi
 
 stamp "done: $PART"
-[ "$PART" = results ] || tail -n 4 "$OUT"/bench_*.txt
+case "$PART" in core|extra) tail -n 4 "$OUT"/bench_*.txt;; esac

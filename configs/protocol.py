@@ -103,6 +103,24 @@ RECIPES = {
     "cfimdb": _with(_sched, data__cfimdb_weight=0.2),
     "loss_weighting": _with(_sched, weighting__mode="loss"),
 }
+# Candidates on the winner (`cross_prop`): what the issue and the paper name as likely to
+# help, each one change, so that a difference from `cross_prop` is that change's.
+_PROP = RECIPES["cross_prop"]
+RECIPES.update({
+    # The paper: a small degree of label smoothing helped sentiment (its Section 5).
+    "prop_label_smoothing": _with(_PROP, train__label_smoothing=0.1),
+    # Layer-wise rate decay: the lower layers (general features) move less.
+    "prop_layer_decay": _with(_PROP, optim__layer_decay=0.9),
+    # The sentiment head with a hidden squared-ReLU layer before the classifier.
+    "prop_mlp_head": _with(_PROP, heads__sentiment="mlp"),
+    # Peak rates either side of 1e-4.
+    "prop_lr5e-5": _with(_PROP, optim__lr=5e-5),
+    "prop_lr2e-4": _with(_PROP, optim__lr=2e-4),
+    # SMART that moves the output (as the `smart` row) on the winner's sentiment task.
+    "prop_smart": _with(_PROP, smart__weight=1.0, smart__epsilon=3.0, smart__norm="l2",
+                        smart__variant="adversarial", smart__step_size=3.0,
+                        smart__noise_std=1e-3),
+})
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
 FULL = "cross_prop"
 RECIPES["full"] = RECIPES[FULL]

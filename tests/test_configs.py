@@ -147,3 +147,19 @@ def test_protocol_recipe_changes_only_what_it_names(row, changed):
   parent = _flat(protocol.get_config("quick" if row == "sched" else "sched"))
   config = _flat(protocol.get_config(row))
   assert {k for k in config if config[k] != parent[k]} == changed
+
+
+@pytest.mark.parametrize("row,changed", [
+    ("prop_label_smoothing", {"train.label_smoothing"}),
+    ("prop_layer_decay", {"optim.layer_decay"}),
+    ("prop_mlp_head", {"heads.sentiment"}),
+    ("prop_lr5e-5", {"optim.lr"}),
+    ("prop_lr2e-4", {"optim.lr"}),
+    ("prop_smart", {"smart.weight", "smart.epsilon", "smart.norm", "smart.variant",
+                    "smart.step_size", "smart.noise_std"}),
+])
+def test_candidates_on_the_winner_change_only_what_they_name(row, changed):
+  from configs import protocol  # pylint: disable=import-outside-toplevel
+  parent = _flat(protocol.get_config("cross_prop"))
+  config = _flat(protocol.get_config(row))
+  assert {k for k in config if config[k] != parent[k]} == changed
