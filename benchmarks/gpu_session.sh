@@ -94,7 +94,7 @@ if [ "$PART" = results ]; then
 else
   STEPS=${RESULTS_STEPS:-2212}; BATCH=${RESULTS_BATCH:-32}
   ROWS="cross_prop prop_label_smoothing prop_layer_decay prop_mlp_head prop_lr5e-5"
-  ROWS+=" prop_lr2e-4 prop_smart"
+  ROWS+=" prop_lr2e-4 prop_ema prop_smart"
   DEFAULT_LIST=$(for s in 0 1 2; do for r in $ROWS; do echo "$r $s"; done; done)
   GROUPS_JSON="{\"groups\": {\"recipe search on the winner\": ["
   for r in $ROWS; do GROUPS_JSON+="\"$r\", "; done

@@ -103,6 +103,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999                # AdamW second-moment decay
   c.optim.eps = 1e-8                # AdamW epsilon
   c.optim.grad_clip = 0.0           # global-norm clipping; 0 = off
+  c.optim.ema_decay = 0.0           # evaluate (and keep as best) an exponential moving
+                                    # average of the weights with this decay per step, e.g.
+                                    # 0.999 (its first steps follow the weights: decay
+                                    # min(d, (1 + t) / (10 + t))); 0 = the weights themselves
 
   # -- task weighting (paper 3.4) -------------------------------------------------------------
   c.weighting = ml_collections.ConfigDict()

@@ -116,6 +116,8 @@ RECIPES.update({
     # Peak rates either side of 1e-4.
     "prop_lr5e-5": _with(_PROP, optim__lr=5e-5),
     "prop_lr2e-4": _with(_PROP, optim__lr=2e-4),
+    # Evaluate a moving average of the weights (time constant ~500 of the 2,212 steps).
+    "prop_ema": _with(_PROP, optim__ema_decay=0.998),
     # SMART that moves the output (as the `smart` row) on the winner's sentiment task.
     "prop_smart": _with(_PROP, smart__weight=1.0, smart__epsilon=3.0, smart__norm="l2",
                         smart__variant="adversarial", smart__step_size=3.0,

@@ -193,6 +193,7 @@ class OptimSettings:
   b2: float
   eps: float
   grad_clip: float
+  ema_decay: float
 
   def __post_init__(self):
     _positive("optim.lr", self.lr)
@@ -205,6 +206,8 @@ class OptimSettings:
     _probability("optim.b2", self.b2)
     _positive("optim.eps", self.eps)
     _at_least("optim.grad_clip", self.grad_clip, 0.0)
+    if not 0.0 <= self.ema_decay < 1.0:
+      _fail("optim.ema_decay", self.ema_decay, "in [0, 1) (0 = off)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +332,10 @@ class Settings:
                         "empty")
     if self.data.tweets_weight > 0 and not self.data.tweets:
       raise ConfigError("--config.data.tweets_weight > 0 but --config.data.tweets is empty")
+    if self.optim.ema_decay > 0 and self.smart.bregman_weight > 0:
+      raise ConfigError("--config.optim.ema_decay > 0 and --config.smart.bregman_weight > 0: "
+                        "the train state keeps one moving average of the weights, the "
+                        "evaluated one or the Bregman term's; set one of them to 0")
 
   @property
   def eval_buckets(self) -> tuple[int, ...]:

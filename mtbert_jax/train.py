@@ -9,9 +9,10 @@ sharded over a `Mesh` of all devices (data parallel, any number of hosts), and t
 donated.
 
 The loop pulls metrics to the host every `log_every` steps only, evaluates on dev every
-`eval_every` steps (keeping the best checkpoint by the dev average), saves a resumable
-checkpoint every `ckpt_every` steps and on SIGTERM or Ctrl-C, and resumes from the latest
-one when started again with the same command.
+`eval_every` steps (the weights, or with `optim.ema_decay` their moving average; keeping
+the best checkpoint by the dev average), saves a resumable checkpoint every `ckpt_every`
+steps and on SIGTERM or Ctrl-C, and resumes from the latest one when started again with
+the same command.
 """
 
 from __future__ import annotations
@@ -56,8 +57,27 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   opt_state: Any
   loss_ema: jax.Array          # [T] moving average of each task's loss (task weighting)
-  ema_params: Any              # EMA copy of params for the Bregman term, or None
+  ema_params: Any              # EMA of params: the Bregman term's (smart.bregman_decay) or
+                               # the evaluated weights (optim.ema_decay); None if neither
   nonfinite: jax.Array         # count of steps skipped for a NaN/inf loss or gradient
+
+
+def eval_params(state: TrainState, s: Settings):
+  """The weights that are evaluated and kept as the best checkpoint: their moving average
+  with `optim.ema_decay`, else the weights themselves."""
+  return state.ema_params if s.optim.ema_decay > 0 else state.params
+
+
+def ema_decay(s: Settings, step: jax.Array) -> jax.Array:
+  """The decay of `TrainState.ema_params` at update `step` (0-based). The Bregman term's
+  teacher: `smart.bregman_decay`. The evaluated average: min(optim.ema_decay,
+  (1 + step) / (10 + step)), as TensorFlow's ExponentialMovingAverage with num_updates, so
+  that the first steps follow the weights instead of keeping the initial (partly random)
+  heads in the average for thousands of steps."""
+  if s.optim.ema_decay == 0:
+    return jnp.float32(s.smart.bregman_decay)
+  t = step.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(s.optim.ema_decay), (1.0 + t) / (10.0 + t))
 
 
 # ------------------------------------------------------------------------------------------
@@ -127,8 +147,8 @@ def init_state(params, tx: optax.GradientTransformation, s: Settings) -> TrainSt
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       loss_ema=jnp.ones((len(s.train.tasks),), jnp.float32),
       # A copy: the state is donated to the step, and two leaves must not share a buffer.
-      ema_params=(jax.tree_util.tree_map(jnp.copy, params) if s.smart.bregman_weight > 0
-                  else None),
+      ema_params=(jax.tree_util.tree_map(jnp.copy, params)
+                  if s.smart.bregman_weight > 0 or s.optim.ema_decay > 0 else None),
       nonfinite=jnp.zeros((), jnp.int32))
 
 
@@ -179,7 +199,7 @@ def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str
                                      metrics.get(f"loss/{task}", loss), s.weighting.ema_decay)
   ema_params = state.ema_params
   if ema_params is not None:
-    d = s.smart.bregman_decay
+    d = ema_decay(s, state.step)
     ema_params = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, ema_params,
                                         new_params)
   new_state = TrainState(
@@ -441,7 +461,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                if k.startswith("loss/") and k != "loss/total"}})
       if evaluate:
         eval_start = time.time()
-        scores, outputs = eval_lib.evaluate_split(output_fns, state.params, dev_sets,
+        scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), dev_sets,
                                                 s.eval.batch_size, s.eval_buckets, sharder)
         dev = tasks_lib.summarize(scores)
         writer.scalars(step, dev)
@@ -450,7 +470,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
         progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in dev.items()))
         if score > best_score:
           best_score, best_step = score, step
-          ckpts.save_best(step, state.params, {"step": step, "dev": dev})
+          ckpts.save_best(step, eval_params(state, s), {"step": step, "dev": dev})
           best_dev_results = (step, scores, outputs) if full_dev else None
         window_start += time.time() - eval_start  # evaluation is not training throughput
       if save:

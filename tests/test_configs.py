@@ -155,6 +155,7 @@ def test_protocol_recipe_changes_only_what_it_names(row, changed):
     ("prop_mlp_head", {"heads.sentiment"}),
     ("prop_lr5e-5", {"optim.lr"}),
     ("prop_lr2e-4", {"optim.lr"}),
+    ("prop_ema", {"optim.ema_decay"}),
     ("prop_smart", {"smart.weight", "smart.epsilon", "smart.norm", "smart.variant",
                     "smart.step_size", "smart.noise_std"}),
 ])

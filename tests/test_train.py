@@ -7,6 +7,7 @@ minute on 2 CPU cores; `test_smoke_config_real_checkpoint` runs `configs/smoke.p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -98,6 +99,48 @@ def test_sharded_step_on_8_fake_devices_equals_one_device():
   assert "max_abs_param_diff" in out.stdout
 
 
+def test_the_evaluated_weight_average_follows_its_recurrence(tiny_config):
+  """optim.ema_decay: after each step avg <- d_t * avg + (1 - d_t) * params, with d_t =
+  min(decay, (1 + t) / (10 + t)) for the t-th update (0-based), starting from the initial
+  weights; off (0), the state holds no average and evaluates the weights."""
+  from configs import base  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  c = base.get_config()
+  c.optim.ema_decay = 0.2
+  c.optim.lr = 1e-2  # steps large enough that a wrong decay shows well above float noise
+  s = settings_lib.from_dict(c.to_dict())
+  m = heads_lib.MultitaskModel(tiny_config, experiment.head_settings(s))
+  params = jax.device_get(heads_lib.init_params(m, jax.random.key(0)))
+  tx = train.make_optimizer(s, params)
+  sharder = sharding.Sharder(Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+  step = train.compile_steps(m, s, tx, sharder)["sst"]
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": rng.integers(1, 99, (8, 12)).astype(np.int32),
+           "attention_mask": np.ones((8, 12), np.int32),
+           "token_type_ids": np.zeros((8, 12), np.int32),
+           "labels": rng.integers(0, 5, 8).astype(np.int32), "weights": np.ones(8, np.float32)}
+  state = sharder.replicate(train.init_state(params, tx, s))
+  expected = params
+  for t in range(3):
+    state, _ = step(state, sharder(batch), jax.random.key(1))
+    new_params = jax.device_get(state.params)
+    d = min(0.2, (1 + t) / (10 + t))  # 0.1, then 0.2: the warm-up, then the decay itself
+    expected = jax.tree_util.tree_map(lambda a, p, d=d: d * a + (1 - d) * p, expected,
+                                      new_params)
+  average = jax.device_get(train.eval_params(state, s))
+  # 1e-6: float32 rounding of three blends of weights of size ~1; the average differs from
+  # the last weights by ~1e-3 (lr 1e-2), so a wrong decay or a missing step shows.
+  jax.tree_util.tree_map(lambda a, e: np.testing.assert_allclose(a, e, atol=1e-6),
+                         average, expected)
+  head = ("sentiment_out", "kernel")
+  assert np.abs(average[head[0]][head[1]] - new_params[head[0]][head[1]]).max() > 1e-4
+  off = dataclasses.replace(s, optim=dataclasses.replace(s.optim, ema_decay=0.0))
+  plain = train.init_state(params, tx, off)
+  assert plain.ema_params is None and train.eval_params(plain, off) is plain.params
+  with pytest.raises(settings_lib.ConfigError, match="ema_decay > 0 and .*bregman_weight"):
+    dataclasses.replace(s, smart=dataclasses.replace(s.smart, bregman_weight=1.0))
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop, checkpoints, evaluation.
 
@@ -145,6 +188,22 @@ def test_train_eval_predict_roundtrip(tiny_ckpt_dir, data_dir, tmp_path):
                                 [int(r[1]) for r in rows])
   assert predictor.paraphrase([("a b", "a b")]).shape == (1,)
   assert predictor.similarity([("a b", "c d"), ("x", "y")]).shape == (2,)
+
+
+def test_with_a_weight_average_the_best_checkpoint_and_eval_are_the_average(
+    tiny_ckpt_dir, data_dir, tmp_path):
+  config = tiny_run_config(tiny_ckpt_dir, optim__ema_decay=0.5, train__num_steps=6,
+                           train__eval_every=6, train__ckpt_every=6)
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(config, workdir)
+  state, _ = _final_state(workdir, config)
+  _, best, _ = ckpt_lib.restore_best_params(config, workdir)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(best),
+                         state.ema_params)
+  kernel = lambda p: np.asarray(p["sentiment_out"]["kernel"])
+  assert not np.array_equal(kernel(state.ema_params), kernel(state.params))
+  os.remove(os.path.join(workdir, "metrics.json"))
+  assert eval_lib.evaluate_workdir(workdir, config) == metrics
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(tiny_ckpt_dir, data_dir, tmp_path,
