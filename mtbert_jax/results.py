@@ -346,11 +346,15 @@ def write(out: str, results: dict, notes: str = NOTES, figures: dict | None = No
     os.replace(tmp, path)
 
 
+UNFILED = "rows in no group"
+
+
 def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
            baselines: dict | None = None, figures: bool = False) -> tuple[dict, dict]:
   """Rewrites OUT.json and OUT.md (and with `figures` the groups' figures) from OUT.json as
   it is now and the runs under `workdir`, filing each row of `filed` under its group (moved
-  from any other group; rows without a finished run are left out of the groups). Holds an
+  from any other group; rows without a finished run are left out of the groups, rows of
+  runs filed nowhere go under UNFILED). Holds an
   exclusive lock on OUT.lock throughout, so that invocations running side by side into one
   OUT add to each other's tables instead of writing over them. (results, figures)."""
   with open(out + ".lock", "a", encoding="utf-8") as lock:
@@ -370,6 +374,13 @@ def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
     results = collect(workdir, previous, out + ".json")
     results["groups"] = {g: [r for r in rows if r in results["rows"]]
                          for g, rows in results["groups"].items()}
+    # A finished run whose row no invocation filed (e.g. run into another --out) is shown,
+    # not hidden: `--rows=ROW --group=G` files it (its runs are read back, not repeated).
+    results["groups"].pop(UNFILED, None)
+    grouped = {r for rows in results["groups"].values() for r in rows}
+    for row in results["rows"]:
+      if row not in grouped:
+        results["groups"].setdefault(UNFILED, []).append(row)
     results["baselines"] = baselines
     names = draw_figures(out, results) if figures else {}
     write(out, results, notes, names)

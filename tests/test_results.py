@@ -116,6 +116,14 @@ def test_invocations_side_by_side_into_one_out_add_to_each_others_tables(tmp_pat
   table, _ = results.update(out, str(tmp_path / "b"), {"ablation/tweets": "extra data"}, "")
   assert table["groups"] == {"ablation": ["ablation/smart"], "extra data": ["ablation/tweets"]}
   assert results.update(out, str(tmp_path / "none"), {}, "")[0]["groups"] == table["groups"]
+  # A finished run that no invocation filed is shown under its own heading, not hidden.
+  _record(tmp_path / "c", "cross_prop", 0, 0.48, 0.83, 0.86)
+  table, _ = results.update(out, str(tmp_path / "c"), {}, "")
+  assert table["groups"][results.UNFILED] == ["cross_prop"]
+  with open(out + ".md", encoding="utf-8") as f:
+    assert f"## {results.UNFILED}" in f.read()
+  table, _ = results.update(out, str(tmp_path / "c"), {"cross_prop": "recipes"}, "")
+  assert results.UNFILED not in table["groups"] and table["groups"]["recipes"] == ["cross_prop"]
 
 
 def test_the_ablation_group_has_table_3_across_its_rows(tmp_path):
