@@ -354,9 +354,9 @@ def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
   """Rewrites OUT.json and OUT.md (and with `figures` the groups' figures) from OUT.json as
   it is now and the runs under `workdir`, filing each row of `filed` under its group (moved
   from any other group; rows without a finished run are left out of the groups, rows of
-  runs filed nowhere go under UNFILED). Holds an
-  exclusive lock on OUT.lock throughout, so that invocations running side by side into one
-  OUT add to each other's tables instead of writing over them. (results, figures)."""
+  runs filed nowhere go under UNFILED). Holds an exclusive lock on OUT.lock throughout, so
+  that invocations running side by side into one OUT add to each other's tables instead
+  of writing over them. (results, figures)."""
   with open(out + ".lock", "a", encoding="utf-8") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     previous = {}

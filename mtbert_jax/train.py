@@ -68,14 +68,14 @@ def eval_params(state: TrainState, s: Settings):
   return state.ema_params if s.optim.ema_decay > 0 else state.params
 
 
-def ema_decay(s: Settings, step: jax.Array) -> jax.Array:
+def ema_decay(s: Settings, step: jax.Array) -> float | jax.Array:
   """The decay of `TrainState.ema_params` at update `step` (0-based). The Bregman term's
   teacher: `smart.bregman_decay`. The evaluated average: min(optim.ema_decay,
   (1 + step) / (10 + step)), as TensorFlow's ExponentialMovingAverage with num_updates, so
   that the first steps follow the weights instead of keeping the initial (partly random)
   heads in the average for thousands of steps."""
   if s.optim.ema_decay == 0:
-    return jnp.float32(s.smart.bregman_decay)
+    return s.smart.bregman_decay
   t = step.astype(jnp.float32)
   return jnp.minimum(jnp.float32(s.optim.ema_decay), (1.0 + t) / (10.0 + t))
 
