@@ -381,56 +381,6 @@ def figure_curves(plt, runs: Sequence[Run], out: str) -> list[str]:
   return [name]
 
 
-def figure_results(plt, table: dict, rows: Sequence[str], baselines: dict | None,
-                   path: str, title: str) -> str:
-  """The results protocol's rows of one group (docs/results.json's "rows"), a panel a
-  metric: each row's mean (a diamond) with its seed standard deviation as an error bar and
-  each seed as a dot, the group's first row (its reference) as a dotted line and each
-  single-task baseline's mean as a dashed one. The ablation group's figure is the paper's
-  Figure 3 with the seed noise in view."""
-  panels = [(key, name) for _, key, name in METRIC_KEYS] + [("dev/average", "average")]
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 0.45 * len(rows) + 1.6),
-                           sharey=True)
-  y = np.arange(len(rows))[::-1]
-  for a, (key, name) in zip(axes, panels):
-    stats = [table[r].get(key) for r in rows]
-    means = np.array([s["mean"] if s else np.nan for s in stats])
-    stds = np.array([s["std"] if s else 0.0 for s in stats])
-    a.errorbar(means, y, xerr=stds, fmt="D", color="black", ms=5, capsize=3,
-               label="mean ± seed std")
-    for yi, s in zip(y, stats):
-      if s:
-        a.plot(s["seeds"], [yi] * len(s["seeds"]), "o", color="#3182bd", ms=3, alpha=0.8,
-               label="one seed")
-    a.grid(axis="x", alpha=0.3)
-    if np.isfinite(means[0]):
-      a.axvline(means[0], color="grey", ls=":", lw=1, label=f"{rows[0]} (reference)")
-    task = next((t for t, k, _ in METRIC_KEYS if k == key), None)
-    base = (baselines or {}).get("tasks", {}).get(task) if task else None
-    if base:
-      a.axvline(base["mean"], color="#e6550d", ls="--", lw=1, label="single-task baseline")
-    # The differences, not the values from zero, are what matter: the axis spans the
-    # values (seeds, error bars, baseline) with a margin.
-    values = [v for s in stats if s for v in (*s["seeds"], s["mean"] - s["std"],
-                                              s["mean"] + s["std"])]
-    values += [base["mean"]] if base else []
-    low, high = min(values), max(values)
-    pad = 0.15 * max(high - low, 0.01)
-    a.set_xlim(low - pad, high + pad)
-    a.set(xlabel=f"dev {name}", yticks=y, yticklabels=rows)
-  handles = {}
-  for a in axes:
-    for h, l in zip(*a.get_legend_handles_labels()):
-      handles.setdefault(l, h)
-  fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
-             fontsize=8, frameon=False)
-  fig.suptitle(title)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
-  fig.savefig(path, metadata={"Software": None})
-  plt.close("all")
-  return path
-
-
 # ------------------------------------------------------------------------------------------
 # The report.
 
