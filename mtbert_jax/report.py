@@ -21,8 +21,8 @@ files, and its `history.jsonl`, it writes `report.md` and PNG figures:
 
 With several workdirs the first is analysed in detail and all are compared (metrics side
 by side, overlaid curves). The same workdirs give the same files. The computations are the
-pure functions below (tested on small hand-computed cases); plotting is matplotlib with
-the Agg backend (`pip install matplotlib`, or the `[report]` extra).
+pure functions of `error_analysis.py`; plotting is matplotlib with the Agg backend
+(`pip install matplotlib`, or the `[report]` extra).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
+from mtbert_jax import error_analysis
 from mtbert_jax import console
 from mtbert_jax import experiment
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import workdir as workdir_lib
 
-NUM_CLASSES = 5
 METRIC_KEYS = (("sst", "dev/sst_acc", "SST accuracy"), ("para", "dev/para_acc",
                                                         "Quora accuracy"),
                ("sts", "dev/sts_pearson", "STS Pearson r"))
@@ -50,130 +50,6 @@ METRIC_KEYS = (("sst", "dev/sst_acc", "SST accuracy"), ("para", "dev/para_acc",
 
 class ReportError(RuntimeError):
   """A workdir that holds nothing to report on."""
-
-
-# ------------------------------------------------------------------------------------------
-# The numbers behind the figures (pure functions).
-
-
-def class_counts(pred: np.ndarray, gold: np.ndarray, k: int = NUM_CLASSES
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """(predicted counts [k], gold counts [k]) per class."""
-  return (np.bincount(np.asarray(pred, int), minlength=k)[:k],
-          np.bincount(np.asarray(gold, int), minlength=k)[:k])
-
-
-def confusion_matrix(pred: np.ndarray, gold: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
-  """[gold class, predicted class] counts."""
-  m = np.zeros((k, k), int)
-  np.add.at(m, (np.asarray(gold, int), np.asarray(pred, int)), 1)
-  return m
-
-
-def error_distances(pred: np.ndarray, gold: np.ndarray, k: int = NUM_CLASSES
-                    ) -> dict[int, tuple[int, float]]:
-  """{d: (count, share of the wrong predictions)} for d = |pred - gold| in 1..k-1."""
-  d = np.abs(np.asarray(pred, int) - np.asarray(gold, int))
-  wrong = d[d > 0]
-  return {i: (int(np.sum(wrong == i)), float(np.mean(wrong == i)) if len(wrong) else 0.0)
-          for i in range(1, k)}
-
-
-def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(sorted values, fraction of values <= each): the empirical CDF's steps."""
-  x = np.sort(np.asarray(values, float))
-  return x, np.arange(1, len(x) + 1) / max(len(x), 1)
-
-
-def binary_report(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-  """Counts and rates of a 0/1 classifier: tp, fp, tn, fn, the false-positive rate
-  fp / (fp + tn), the false-negative rate fn / (fn + tp), precision, recall, F1, accuracy."""
-  pred, gold = np.asarray(pred, int), np.asarray(gold, int)
-  tp = int(np.sum((pred == 1) & (gold == 1)))
-  fp = int(np.sum((pred == 1) & (gold == 0)))
-  tn = int(np.sum((pred == 0) & (gold == 0)))
-  fn = int(np.sum((pred == 0) & (gold == 1)))
-  ratio = lambda a, b: a / b if b else 0.0
-  precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-  return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "fp_rate": ratio(fp, fp + tn),
-          "fn_rate": ratio(fn, fn + tp), "precision": precision, "recall": recall,
-          "f1": ratio(2 * precision * recall, precision + recall),
-          "accuracy": ratio(tp + tn, len(pred))}
-
-
-_WORD = re.compile(r"\w+")
-
-
-def word_overlap(a: str, b: str) -> float:
-  """Jaccard overlap of the two texts' lowercased word sets (1: the same words)."""
-  wa, wb = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
-  return len(wa & wb) / len(wa | wb) if wa | wb else 1.0
-
-
-def confident_errors(prob: np.ndarray, gold: np.ndarray, k: int
-                     ) -> tuple[list[int], list[int]]:
-  """(false positives by decreasing probability, false negatives by increasing
-  probability), at most `k` indices each; ties keep file order."""
-  prob, gold = np.asarray(prob, float), np.asarray(gold, int)
-  pred = prob > 0.5
-  fp = np.flatnonzero(pred & (gold == 0))
-  fn = np.flatnonzero(~pred & (gold == 1))
-  fp = fp[np.argsort(-prob[fp], kind="stable")][:k]
-  fn = fn[np.argsort(prob[fn], kind="stable")][:k]
-  return fp.tolist(), fn.tolist()
-
-
-def largest_errors(pred: np.ndarray, gold: np.ndarray, k: int) -> list[int]:
-  """Indices of the `k` largest |pred - gold|, largest first; ties keep file order."""
-  err = np.abs(np.asarray(pred, float) - np.asarray(gold, float))
-  return np.argsort(-err, kind="stable")[:k].tolist()
-
-
-def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10
-                ) -> tuple[list[tuple[float, float, int, float, float]], float]:
-  """Reliability of confidences in [0, 1]: for each non-empty one of `bins` equal-width
-  bins (low, high, count, mean confidence, accuracy), and the expected calibration error
-  sum_b n_b / N * |accuracy_b - confidence_b|."""
-  conf, ok = np.asarray(confidence, float), np.asarray(correct, bool)
-  index = np.minimum((conf * bins).astype(int), bins - 1)
-  rows, ece = [], 0.0
-  for b in range(bins):
-    sel = index == b
-    if sel.any():
-      c, a = float(conf[sel].mean()), float(ok[sel].mean())
-      rows.append((b / bins, (b + 1) / bins, int(sel.sum()), c, a))
-      ece += sel.sum() / len(conf) * abs(a - c)
-  return rows, float(ece)
-
-
-def confidences(task: str, outputs: np.ndarray, gold: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """(confidence in the predicted label, whether it is right) from raw outputs: sentiment
-  logits [N, 5] (the softmax's largest probability) or a paraphrase logit [N] (P of the
-  predicted side of 0.5)."""
-  x = np.asarray(outputs, float)
-  if task == "sst":
-    p = np.exp(x - x.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    return p.max(axis=1), p.argmax(axis=1) == np.asarray(gold)
-  p = 1 / (1 + np.exp(-x))
-  return np.maximum(p, 1 - p), (p > 0.5) == (np.asarray(gold) == 1)
-
-
-def correlation_table(points: Sequence[dict[str, float]], keys: Sequence[str]
-                      ) -> tuple[np.ndarray, int]:
-  """(Pearson correlations [len(keys), len(keys)] of the metrics across `points`, number
-  of points); NaN where a metric is constant or fewer than 3 points."""
-  rows = [[p[k] for k in keys] for p in points if all(k in p for k in keys)]
-  n = len(rows)
-  out = np.full((len(keys), len(keys)), np.nan)
-  if n >= 3:
-    x = np.asarray(rows, float)
-    for i in range(len(keys)):
-      for j in range(len(keys)):
-        if x[:, i].std() > 0 and x[:, j].std() > 0:
-          out[i, j] = float(np.corrcoef(x[:, i], x[:, j])[0, 1])
-  return out, n
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,24 +182,24 @@ def _save(fig, out: str, name: str) -> str:
 
 
 def figure_sentiment(plt, r: TaskResult, out: str) -> list[str]:
-  pred_counts, gold_counts = class_counts(r.predictions, r.gold)
+  pred_counts, gold_counts = error_analysis.class_counts(r.predictions, r.gold)
   fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-  x = np.arange(NUM_CLASSES)
+  x = np.arange(error_analysis.NUM_CLASSES)
   a.bar(x - 0.2, gold_counts, 0.4, label="gold")
   a.bar(x + 0.2, pred_counts, 0.4, label="predicted")
   a.set(xticks=x, xlabel="sentiment class (0 negative .. 4 positive)", ylabel="sentences",
         title="Figure 4: SST dev, predicted vs gold classes")
   a.legend()
-  m = confusion_matrix(r.predictions, r.gold)
+  m = error_analysis.confusion_matrix(r.predictions, r.gold)
   b.imshow(m, cmap="Blues")
-  for i in range(NUM_CLASSES):
-    for j in range(NUM_CLASSES):
+  for i in range(error_analysis.NUM_CLASSES):
+    for j in range(error_analysis.NUM_CLASSES):
       b.text(j, i, str(m[i, j]), ha="center", va="center",
              color="white" if m[i, j] > m.max() / 2 else "black")
   b.set(xticks=x, yticks=x, xlabel="predicted class", ylabel="gold class",
         title="SST dev confusion matrix")
   names = [_save(fig, out, "fig4_sentiment_classes.png")]
-  dist = error_distances(r.predictions, r.gold)
+  dist = error_analysis.error_distances(r.predictions, r.gold)
   fig, a = plt.subplots(figsize=(5, 3.4))
   ds = sorted(dist)
   bars = a.bar(ds, [dist[d][0] for d in ds])
@@ -340,7 +216,7 @@ def figure_sentiment(plt, r: TaskResult, out: str) -> list[str]:
 def figure_sts(plt, r: TaskResult, out: str) -> list[str]:
   fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
   for values, label in ((r.gold, "gold"), (r.predictions, "predicted")):
-    x, y = ecdf(values)
+    x, y = error_analysis.ecdf(values)
     a.step(x, y, where="post", label=label)
   a.set(xlabel="similarity (0..5)", ylabel="fraction of pairs <= x",
         title="Figure 5a: STS dev, CDF of scores")
@@ -398,7 +274,7 @@ def _quote(text: str) -> str:
 
 def _correlations(points: Sequence[dict[str, float]], what: str) -> list[str]:
   keys = [k for _, k, _ in METRIC_KEYS]
-  corr, n = correlation_table(points, keys)
+  corr, n = error_analysis.correlation_table(points, keys)
   names = [t for t, _, _ in METRIC_KEYS]
   if n < 3:
     return [f"Table 3 ({what}): {n} point(s), too few for a correlation (3 at least).", ""]
@@ -430,14 +306,14 @@ def _calibration(runs: Sequence[Run]) -> list[str]:
       if res is None or not res.raw:
         cells.append("-")
         continue
-      conf, ok = confidences(t, res.outputs, res.gold)
-      cells.append(f"{calibration(conf, ok)[1]:.4f}")
+      conf, ok = error_analysis.confidences(t, res.outputs, res.gold)
+      cells.append(f"{error_analysis.calibration(conf, ok)[1]:.4f}")
     ece_rows.append([r.name] + cells)
   lines += _table(["run"] + [f"ECE, {names[t]}" for t in tasks], ece_rows) + [""]
   for t in tasks:
     res = runs[0].tasks[t]
-    conf, ok = confidences(t, res.outputs, res.gold)
-    bins, _ = calibration(conf, ok)
+    conf, ok = error_analysis.confidences(t, res.outputs, res.gold)
+    bins, _ = error_analysis.calibration(conf, ok)
     lines += [f"{runs[0].name}, {names[t]}:", ""]
     lines += _table(["confidence", "examples", "mean confidence", "accuracy", "gap"],
                     [[f"{lo:.1f}-{hi:.1f}", n, f"{c:.3f}", f"{a:.3f}", f"{a - c:+.3f}"]
@@ -472,18 +348,19 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   if "sst" in run.tasks:
     r = run.tasks["sst"]
     names = figure_sentiment(plt, r, out)
-    pred_counts, gold_counts = class_counts(r.predictions, r.gold)
-    dist = error_distances(r.predictions, r.gold)
+    pred_counts, gold_counts = error_analysis.class_counts(r.predictions, r.gold)
+    dist = error_analysis.error_distances(r.predictions, r.gold)
     lines += ["## Sentiment (SST dev)", "", f"![Figure 4]({names[0]})", ""]
     lines += _table(["class", "gold", "predicted"],
-                    [[c, int(gold_counts[c]), int(pred_counts[c])] for c in range(NUM_CLASSES)])
+                    [[c, int(gold_counts[c]), int(pred_counts[c])]
+                     for c in range(error_analysis.NUM_CLASSES)])
     lines += ["", f"![Figure 5b]({names[1]})", ""]
     lines += _table(["distance (classes)", "wrong predictions", "share"],
                     [[d, dist[d][0], f"{100 * dist[d][1]:.1f}%"] for d in sorted(dist)])
     lines.append("")
   if "para" in run.tasks:
     r = run.tasks["para"]
-    b = binary_report(r.predictions, r.gold)
+    b = error_analysis.binary_report(r.predictions, r.gold)
     lines += ["## Paraphrase (Quora dev)", ""]
     lines += _table(["pairs", "accuracy", "precision", "recall", "F1", "false-positive rate",
                      "false-negative rate", "FP", "FN"],
@@ -493,12 +370,12 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
     lines.append("")
     if r.raw:
       prob = 1 / (1 + np.exp(-r.outputs.astype(float)))
-      fp, fn = confident_errors(prob, r.gold, top_k)
+      fp, fn = error_analysis.confident_errors(prob, r.gold, top_k)
       for title, idx in ((f"The {top_k} most confident false positives", fp),
                          (f"The {top_k} most confident false negatives", fn)):
         lines += [f"{title}:", ""]
         lines += _table(["P(paraphrase)", "word overlap", "sentence 1", "sentence 2"],
-                        [[f"{prob[i]:.3f}", f"{word_overlap(*r.texts[i]):.2f}",
+                        [[f"{prob[i]:.3f}", f"{error_analysis.word_overlap(*r.texts[i]):.2f}",
                           _quote(r.texts[i][0]), _quote(r.texts[i][1])] for i in idx])
         lines.append("")
     else:
@@ -508,8 +385,8 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   if "sts" in run.tasks:
     r = run.tasks["sts"]
     names = figure_sts(plt, r, out)
-    idx = largest_errors(r.predictions, r.gold, top_k)
-    overlap = np.asarray([word_overlap(*t) for t in r.texts])
+    idx = error_analysis.largest_errors(r.predictions, r.gold, top_k)
+    overlap = np.asarray([error_analysis.word_overlap(*t) for t in r.texts])
     err = np.abs(r.predictions - r.gold)
     lines += ["## Similarity (STS dev)", "", f"![Figure 5a]({names[0]})", "",
               f"Mean predicted {np.mean(r.predictions):.3f} against mean gold "

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from mtbert_jax import error_analysis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
@@ -239,10 +240,9 @@ def _differences(table: dict, rows: list[str]) -> list[str]:
 def _task_correlations(table: dict, rows: list[str]) -> list[str]:
   """The paper's Table 3 at the protocol budget: Pearson correlation of the three tasks'
   dev metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
-  from mtbert_jax.report import correlation_table  # pylint: disable=import-outside-toplevel
   keys = list(BASELINE_TASKS.values())
   points = [{k: table[r][k]["mean"] for k in keys if k in table[r]} for r in rows]
-  corr, n = correlation_table(points, keys)
+  corr, n = error_analysis.correlation_table(points, keys)
   if n < 3:
     return [f"Table 3 (task correlations across these rows) needs 3 rows or more; {n} so far.",
             ""]

@@ -1,4 +1,4 @@
-"""The error-analysis report (mtbert_jax/report.py): the numbers behind each figure against
+"""The error-analysis report (mtbert_jax/report.py): the numbers behind each figure (error_analysis.py) against
 small hand-computed cases, and the report of a real (tiny-encoder) workdir end to end."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from mtbert_jax import error_analysis
 from mtbert_jax import report
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import train
@@ -20,63 +21,64 @@ pytest.importorskip("matplotlib")
 def test_class_counts_confusion_and_error_distances():
   gold = np.array([0, 1, 2, 3, 4, 4, 0, 2])
   pred = np.array([1, 1, 2, 1, 2, 4, 3, 2])
-  counts_pred, counts_gold = report.class_counts(pred, gold)
+  counts_pred, counts_gold = error_analysis.class_counts(pred, gold)
   assert counts_pred.tolist() == [0, 3, 3, 1, 1]
   assert counts_gold.tolist() == [2, 1, 2, 1, 2]
-  m = report.confusion_matrix(pred, gold)
+  m = error_analysis.confusion_matrix(pred, gold)
   assert m[0, 1] == 1 and m[0, 3] == 1 and m[3, 1] == 1 and m[4, 2] == 1
   assert np.trace(m) == 4 and m.sum() == 8
   # Wrong: |0-1| = 1, |3-1| = 2, |4-2| = 2, |0-3| = 3 -> 1: 1/4, 2: 2/4, 3: 1/4, 4: 0.
-  assert report.error_distances(pred, gold) == {1: (1, 0.25), 2: (2, 0.5), 3: (1, 0.25),
+  assert error_analysis.error_distances(pred, gold) == {1: (1, 0.25), 2: (2, 0.5), 3: (1, 0.25),
                                                 4: (0, 0.0)}
 
 
 def test_ecdf_binary_report_and_overlap():
-  x, y = report.ecdf(np.array([3.0, 1.0, 2.0, 2.0]))
+  x, y = error_analysis.ecdf(np.array([3.0, 1.0, 2.0, 2.0]))
   assert x.tolist() == [1.0, 2.0, 2.0, 3.0] and y.tolist() == [0.25, 0.5, 0.75, 1.0]
-  b = report.binary_report(np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 1, 1, 0]))
+  b = error_analysis.binary_report(np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 1, 1, 0]))
   assert (b["tp"], b["fp"], b["tn"], b["fn"]) == (2, 1, 2, 1)
   assert b["fp_rate"] == pytest.approx(1 / 3) and b["fn_rate"] == pytest.approx(1 / 3)
   assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == pytest.approx(2 / 3)
   assert b["f1"] == pytest.approx(2 / 3) and b["accuracy"] == pytest.approx(4 / 6)
-  assert report.word_overlap("A cat sat.", "the cat sat") == pytest.approx(2 / 4)
-  assert report.word_overlap("", "") == 1.0
+  assert error_analysis.word_overlap("A cat sat.", "the cat sat") == pytest.approx(2 / 4)
+  assert error_analysis.word_overlap("", "") == 1.0
 
 
 def test_confident_and_largest_errors():
   prob = np.array([0.9, 0.6, 0.2, 0.99, 0.05, 0.4])
   gold = np.array([0, 0, 1, 1, 1, 0])
-  fp, fn = report.confident_errors(prob, gold, 5)
+  fp, fn = error_analysis.confident_errors(prob, gold, 5)
   assert fp == [0, 1] and fn == [4, 2]  # most confident first
-  assert report.largest_errors(np.array([1.0, 4.0, 2.5]), np.array([1.5, 1.0, 2.5]), 2) == [1, 0]
+  pred, gold = np.array([1.0, 4.0, 2.5]), np.array([1.5, 1.0, 2.5])
+  assert error_analysis.largest_errors(pred, gold, 2) == [1, 0]
 
 
 def test_correlation_table():
   points = [{"a": 1.0, "b": 2.0, "c": 5.0}, {"a": 2.0, "b": 4.0, "c": 5.0},
             {"a": 3.0, "b": 6.5, "c": 5.0}, {"a": 4.0, "b": 7.0}]
-  corr, n = report.correlation_table(points, ["a", "b", "c"])
+  corr, n = error_analysis.correlation_table(points, ["a", "b", "c"])
   assert n == 3  # the point without "c" is not used
   assert corr[0, 1] == pytest.approx(np.corrcoef([1, 2, 3], [2, 4, 6.5])[0, 1])
   assert np.isnan(corr[0, 2])  # a constant metric has no correlation
-  _, n = report.correlation_table(points[:2], ["a", "b"])
+  _, n = error_analysis.correlation_table(points[:2], ["a", "b"])
   assert n == 2
 
 
 def test_calibration_bins_and_ece():
   conf = np.array([0.95, 0.91, 0.55, 0.52, 0.58, 1.0])
   ok = np.array([True, False, True, True, False, True])
-  bins, ece = report.calibration(conf, ok)
+  bins, ece = error_analysis.calibration(conf, ok)
   # Bins 0.5-0.6 (3 examples) and 0.9-1.0 (3; a confidence of 1 falls in the last bin).
   assert [(lo, n) for lo, _, n, _, _ in bins] == [(0.5, 3), (0.9, 3)]
   assert bins[0][3] == pytest.approx(0.55) and bins[0][4] == pytest.approx(2 / 3)
   assert bins[1][3] == pytest.approx(2.86 / 3) and bins[1][4] == pytest.approx(2 / 3)
   assert ece == pytest.approx(0.5 * abs(2 / 3 - 0.55) + 0.5 * abs(2 / 3 - 2.86 / 3))
   # From raw outputs: the softmax's largest probability; the sigmoid's side of 0.5.
-  conf, ok = report.confidences("sst", np.log([[0.1, 0.6, 0.1, 0.1, 0.1],
+  conf, ok = error_analysis.confidences("sst", np.log([[0.1, 0.6, 0.1, 0.1, 0.1],
                                                [0.7, 0.1, 0.1, 0.05, 0.05]]), np.array([1, 2]))
   np.testing.assert_allclose(conf, [0.6, 0.7])
   assert ok.tolist() == [True, False]
-  conf, ok = report.confidences("para", np.log([4.0, 1 / 9]), np.array([1, 1]))
+  conf, ok = error_analysis.confidences("para", np.log([4.0, 1 / 9]), np.array([1, 1]))
   np.testing.assert_allclose(conf, [0.8, 0.9])
   assert ok.tolist() == [True, False]
 
