@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from mtbert_jax import error_analysis
 from mtbert_jax import console
+from mtbert_jax import error_analysis
 from mtbert_jax import experiment
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
