@@ -331,11 +331,10 @@ def figure_results(plt, table: dict, rows: Sequence[str], baselines: dict | None
   each seed as a dot, the group's first row (its reference) as a dotted line and each
   single-task baseline's mean as a dashed one. The ablation group's figure is the paper's
   Figure 3 with the seed noise in view."""
-  panels = [(key, name) for key, name in METRICS]
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 0.45 * len(rows) + 1.6),
+  fig, axes = plt.subplots(1, len(METRICS), figsize=(3.1 * len(METRICS), 0.45 * len(rows) + 1.6),
                            sharey=True)
   y = np.arange(len(rows))[::-1]
-  for a, (key, name) in zip(axes, panels):
+  for a, (key, name) in zip(axes, METRICS):
     stats = [table[r].get(key) for r in rows]
     means = np.array([s["mean"] if s else np.nan for s in stats])
     stds = np.array([s["std"] if s else 0.0 for s in stats])
