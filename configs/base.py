@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dev_limit = 0              # use only the first N rows of each dev file (0 = all)
   c.data.cfimdb_weight = 0.0        # sentiment batches: sampling weight of CFIMDB vs SST (1.0)
   c.data.tweets_weight = 0.0        # sentiment batches: sampling weight of tweets vs SST (1.0)
+  c.data.swap_pairs = False         # paraphrase and STS: also train on each pair as (b, a), in
+                                    # half of their batches (the sampler counts a pair once)
   c.data.cfimdb_labels = (0, 4)     # CFIMDB negative/positive mapped to these SST classes
   c.data.tfds_dir = ""              # data_dir of tfds:NAME:SPLIT values (any file field above
                                     # may name a prepared TFDS dataset, e.g. tfds:glue/qqp:train;

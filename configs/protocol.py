@@ -122,6 +122,13 @@ RECIPES.update({
     "prop_smart": _with(_PROP, smart__weight=1.0, smart__epsilon=3.0, smart__norm="l2",
                         smart__variant="adversarial", smart__step_size=3.0,
                         smart__noise_std=1e-3),
+    # The single-task baselines' head dropout (0.1, HF's default) instead of the paper's 0.2.
+    "prop_head_dropout": _with(_PROP, heads__dropout=0.1),
+    # The baselines' sentence vector: BERT's pooler over [CLS] instead of MiniLM's mean.
+    "prop_pooler": _with(_PROP, heads__cls_source="pooler"),
+    # Both pair tasks also trained on each pair as (b, a) (sentence-transformers' advice for
+    # cross-encoders): the model sees both orders, the sampler still counts a pair once.
+    "prop_swap_pairs": _with(_PROP, data__swap_pairs=True),
 })
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
 FULL = "cross_prop"

@@ -64,6 +64,9 @@ class TokenizedSet:
   ids: list[str] | None
   lengths: np.ndarray  # int32 [N], per example the longest of its segments
   pad_id: int = 0
+  # True for another source's examples in another order (pairs as (b, a)): the task
+  # sampler counts a task's examples once (`train.task_schedule`).
+  reordered: bool = False
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -169,7 +172,7 @@ def limit_rows(tokset: TokenizedSet, limit: int) -> TokenizedSet:
     segments[name] = Segment(seg.input_ids[:end], seg.type_ids[:end], seg.offsets[:limit + 1])
   return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[:limit],
                       None if tokset.ids is None else tokset.ids[:limit],
-                      tokset.lengths[:limit], tokset.pad_id)
+                      tokset.lengths[:limit], tokset.pad_id, tokset.reordered)
 
 
 # ---------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ class DataSettings:
   dev_limit: int
   cfimdb_weight: float
   tweets_weight: float
+  swap_pairs: bool
   cfimdb_labels: tuple[int, ...]
   on_invalid: str
   tfds_dir: str

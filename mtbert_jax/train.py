@@ -275,7 +275,8 @@ def _mean_metrics(host: list[dict[str, float]]) -> dict[str, float]:
 
 def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
                   ) -> data_lib.TaskSchedule:
-  sizes = [sum(len(src) for src in iterators[t].sources) for t in s.train.tasks]
+  sizes = [sum(len(src) for src in iterators[t].sources if not src.reordered)
+           for t in s.train.tasks]
   return data_lib.TaskSchedule(s.train.tasks, sizes, s.train.sampling,
                                s.train.sampling_temperature, seed=s.seed)
 

@@ -433,3 +433,46 @@ def test_smoke_config_real_checkpoint(data_dir, tmp_path):
     metrics = json.load(f)
   assert 0.0 <= metrics["dev/sst_acc"] <= 1.0 and metrics["step"] > 0
   assert cache.is_dir() and any(cache.iterdir())
+
+
+@pytest.mark.parametrize("heads", [{"heads__paraphrase": "prompt", "heads__similarity": "cross"},
+                                   {"heads__paraphrase": "bi", "heads__similarity": "cosine"}])
+def test_swap_pairs_trains_each_pair_reversed_and_counts_it_once(tiny_ckpt_dir, heads):
+  off = tiny_run_config(tiny_ckpt_dir, train__sampling="proportional", **heads)
+  on = tiny_run_config(tiny_ckpt_dir, train__sampling="proportional", data__swap_pairs=True,
+                       **heads)
+  tok = experiment.tokenizer(on)
+  for task in ("para", "sts"):
+    (plain,), _ = experiment.train_sources(off, tok, task)
+    (first, swapped), weights = experiment.train_sources(on, tok, task)
+    assert weights == [1.0, 1.0] and not first.reordered and swapped.reordered
+    assert len(swapped) == len(first) == on.data.train_limit
+    for name, seg in first.segments.items():  # the first source as without the switch
+      np.testing.assert_array_equal(seg.input_ids, plain.segments[name].input_ids)
+    assert swapped.ids == first.ids
+    np.testing.assert_array_equal(swapped.labels, first.labels)
+    if "" in first.segments:  # cross-encoder: the pair tokenized as (b, a)
+      spec = tasks_lib.get(task)
+      rows = spec.read(experiment.data_path(on, f"{task}_train"), on.data)
+      n = on.data.train_limit
+      reversed_rows = readers.PairRows(rows.ids[:n], rows.texts_b[:n], rows.texts_a[:n],
+                                       rows.labels[:n])
+      expected = spec.tokenize(reversed_rows, tok, on.data.max_length, on.heads)
+      for i in (0, 1, n - 1):
+        for got, want in zip(swapped.segments[""].tokens(i), expected.segments[""].tokens(i)):
+          np.testing.assert_array_equal(got, want)
+      assert not np.array_equal(swapped.segments[""].tokens(0)[0],
+                                first.segments[""].tokens(0)[0])
+    else:  # bi-encoder: the two sentences exchanged
+      for i in (0, 1, len(first) - 1):
+        for got, want in zip(swapped.segments["2"].tokens(i), first.segments["1"].tokens(i)):
+          np.testing.assert_array_equal(got, want)
+  # SST has no pairs; the task sampler counts each pair once.
+  assert len(experiment.train_sources(on, tok, "sst")[0]) == 1
+
+  def schedule(s):
+    iterators = {t: data_lib.TrainIterator(*experiment.train_sources(s, tok, t), batch_size=8,
+                                           buckets=s.data.buckets) for t in s.train.tasks}
+    return train.task_schedule(s, iterators).probabilities
+
+  np.testing.assert_array_equal(schedule(on), schedule(off))
