@@ -146,6 +146,8 @@ def get_config() -> ml_collections.ConfigDict:
                                     # buckets pad less (forward-only steps compile quickly)
   c.eval.dtype = ""                 # compute dtype of evaluation and prediction: "" = the
                                     # model's (model.dtype) | "float32" | "bfloat16"
+  c.eval.both_orders = False        # paraphrase and STS: the mean output (logit, score) over
+                                    # each pair as (a, b) and as (b, a); twice their eval cost
   c.eval.write_predictions = True   # write predictions/*.csv after training and in eval mode
 
   c.ckpt = ml_collections.ConfigDict()

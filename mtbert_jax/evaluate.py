@@ -100,19 +100,27 @@ _UNITS = {"sst": "sentences", "para": "pairs", "sts": "pairs"}
 
 def evaluate_split(output_fns: dict[str, Callable], params: Any,
                    sets: dict[str, data_lib.TokenizedSet | None], batch_size: int,
-                   buckets: Sequence[int], sharder: Any = None, split: str = "dev"
+                   buckets: Sequence[int], sharder: Any = None, split: str = "dev",
+                   reversed_sets: dict[str, data_lib.TokenizedSet | None] | None = None
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """(scores per labeled task, raw outputs per task) over the configured sets, with a
-  progress counter per set."""
+  progress counter per set. A task in `reversed_sets` (`eval.both_orders`: its pairs as
+  (b, a), row for row) gets the mean of its outputs on the two orders."""
   scores, outputs = {}, {}
+  reversed_sets = reversed_sets or {}
   for task, tokset in sets.items():
     if tokset is None:
       continue
+    views = [tokset] + ([reversed_sets[task]] if reversed_sets.get(task) is not None else [])
+    if any(v.ids != tokset.ids for v in views):
+      raise ValueError(f"the reversed {task} {split} set does not hold the same rows")
     counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
-                              f"{split}", len(tokset), _UNITS.get(task, "examples"))
+                              f"{split}" + (" in both orders" if len(views) > 1 else ""),
+                              len(tokset) * len(views), _UNITS.get(task, "examples"))
     try:
-      outputs[task] = predict(output_fns[task], params, tokset, batch_size, buckets, sharder,
-                              counter)
+      outs = [predict(output_fns[task], params, view, batch_size, buckets, sharder, counter)
+              for view in views]
+      outputs[task] = outs[0] if len(outs) == 1 else (outs[0] + outs[1]) / 2
     finally:
       counter.close()
     if tokset.labels is not None:
@@ -175,8 +183,10 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
     if split == "dev" and dev_results is not None:
       scores, outputs = dev_results
     else:
+      reversed_sets = (experiment.eval_sets(s, tok, split, reverse=True)
+                       if s.eval.both_orders else None)
       scores, outputs = evaluate_split(output_fns, params, sets, s.eval.batch_size,
-                                       s.eval_buckets, sharder, split)
+                                       s.eval_buckets, sharder, split, reversed_sets)
     if split == "dev":
       metrics.update(tasks_lib.summarize(scores))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:
@@ -264,21 +274,31 @@ class Predictor:
   """
 
   def __init__(self, mt_model, params, tokenizer, max_length: int, buckets: Sequence[int],
-               batch_size: int = 64):
+               batch_size: int = 64, both_orders: bool = False):
     self.model, self.params, self.tokenizer = mt_model, params, tokenizer
     self.max_length, self.buckets, self.batch_size = max_length, tuple(buckets), batch_size
+    self.both_orders = both_orders  # pairs: the mean output over (a, b) and (b, a)
     self._outputs = make_output_fns(mt_model)
 
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> "Predictor":
+    """The best checkpoint, with the run's lengths and `eval.both_orders`."""
     s = workdir_lib.load_settings(workdir_lib.prepare(workdir, create=False))
     mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
-    return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size)
+    return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size,
+               s.eval.both_orders)
 
   def _output(self, task: str, tokset: data_lib.TokenizedSet) -> np.ndarray:
     if not len(tokset):
       return np.zeros((0, 5) if task == "sst" else (0,), np.float32)
     return predict(self._outputs[task], self.params, tokset, self.batch_size, self.buckets)
+
+  def _pair_output(self, task: str, pairs) -> np.ndarray:
+    a, b = _pairs(pairs, "pairs")
+    out = self._output(task, self._pair_set(task, a, b))
+    if self.both_orders:
+      out = (out + self._output(task, self._pair_set(task, b, a))) / 2
+    return out
 
   def _sentences(self, sentences) -> data_lib.TokenizedSet:
     texts = _texts(sentences, "sentences")
@@ -286,8 +306,7 @@ class Predictor:
     return tasks_lib.get("sst").tokenize(rows, self.tokenizer, self.max_length,
                                          self.model.heads)
 
-  def _pair_set(self, task: str, pairs) -> data_lib.TokenizedSet:
-    a, b = _pairs(pairs, "pairs")
+  def _pair_set(self, task: str, a: list[str], b: list[str]) -> data_lib.TokenizedSet:
     rows = data_lib.PairRows([str(i) for i in range(len(a))], a, b, None)
     return tasks_lib.get(task).tokenize(rows, self.tokenizer, self.max_length,
                                         self.model.heads)
@@ -305,14 +324,14 @@ class Predictor:
 
   def paraphrase_probability(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """[N] probabilities that each pair is a paraphrase (sigmoid of the logit)."""
-    logit = self._output("para", self._pair_set("para", pairs)).astype(np.float64)
+    logit = self._pair_output("para", pairs).astype(np.float64)
     return 1.0 / (1.0 + np.exp(-logit))
 
   def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """0/1 per pair (probability > 0.5, as in evaluation)."""
-    out = self._output("para", self._pair_set("para", pairs))
+    out = self._pair_output("para", pairs)
     return to_predictions("para", out) if len(out) else np.zeros(0, np.int32)
 
   def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """The predicted similarity of each pair (0..5 for the cosine head)."""
-    return self._output("sts", self._pair_set("sts", pairs))
+    return self._pair_output("sts", pairs)

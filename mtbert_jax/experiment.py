@@ -135,20 +135,32 @@ def data_path(s: Settings, field: str) -> str | None:
   return path
 
 
-def _load(s: Settings, tok, task: tasks_lib.Task, path: str) -> data_lib.TokenizedSet:
+def _load(s: Settings, tok, task: tasks_lib.Task, path: str,
+          reverse: bool) -> data_lib.TokenizedSet:
   heads = head_settings(s)
-  return data_lib.tokenize_once(
-      path, tok, (task.name, task.segments(heads), s.data.max_length, s.data.on_invalid),
-      lambda: task.tokenize(task.read(path, s.data), tok, s.data.max_length, heads))
+
+  def build():
+    rows = task.read(path, s.data)
+    if reverse:
+      rows = dataclasses.replace(rows, texts_a=rows.texts_b, texts_b=rows.texts_a)
+    tokset = task.tokenize(rows, tok, s.data.max_length, heads)
+    return dataclasses.replace(tokset, reordered=True) if reverse else tokset
+
+  return data_lib.tokenize_once(path, tok, (task.name, task.segments(heads), s.data.max_length,
+                                            s.data.on_invalid, reverse), build)
 
 
-def load_split(s: Settings, tok, task: str, split: str) -> data_lib.TokenizedSet | None:
-  """The tokenized `split` ("train", "dev", "test") of a task, or None if unconfigured."""
+def load_split(s: Settings, tok, task: str, split: str,
+               reverse: bool = False) -> data_lib.TokenizedSet | None:
+  """The tokenized `split` ("train", "dev", "test") of a task, or None if unconfigured;
+  with `reverse`, a pair task's pairs as (b, a) (`reordered` set)."""
+  if reverse and task not in tasks_lib.PAIR_TASKS:
+    raise ValueError(f"task {task} has no pairs to reverse")
   field = "nli" if task == "nli" else f"{task}_{split}"
   path = data_path(s, field)
   if path is None:
     return None
-  tokset = _load(s, tok, tasks_lib.get(task), path)
+  tokset = _load(s, tok, tasks_lib.get(task), path, reverse)
   if split != "test" and tokset.labels is None and task != "nli":
     raise data_lib.DataError(f"{path}: the {split} file of task {task} has no labels")
   limit = {"train": s.data.train_limit, "dev": s.data.dev_limit}.get(split, 0)
@@ -157,8 +169,15 @@ def load_split(s: Settings, tok, task: str, split: str) -> data_lib.TokenizedSet
 
 def train_sources(s: Settings, tok, task: str
                   ) -> tuple[list[data_lib.TokenizedSet], list[float]]:
-  """The tokenized training sets of `task` and their sampling weights."""
+  """The tokenized training sets of `task` and their sampling weights. With
+  `data.swap_pairs`, a pair task's pairs again as (b, a), as a second source of the same
+  weight: half its batches show each order. Neither label depends on the order; a
+  cross-encoder's input does (`[CLS] a [SEP] b [SEP]`, the prompt on a), as do the
+  bi-encoder's features [u; v; |u-v|; u*v]."""
   sources, weights = [load_split(s, tok, task, "train")], [1.0]
+  if s.data.swap_pairs and task in tasks_lib.PAIR_TASKS:
+    sources.append(load_split(s, tok, task, "train", reverse=True))
+    weights.append(1.0)
   spec = tasks_lib.get(task)
   if spec.extra_train_sources is not None:
     for tokset, weight in spec.extra_train_sources(s, tok, lambda f: data_path(s, f)):
@@ -167,8 +186,10 @@ def train_sources(s: Settings, tok, task: str
   return sources, weights
 
 
-def eval_sets(s: Settings, tok, split: str, limit: int = 0
+def eval_sets(s: Settings, tok, split: str, limit: int = 0, reverse: bool = False
               ) -> dict[str, data_lib.TokenizedSet | None]:
-  """The `split` sets of every evaluated task (None where no file is configured)."""
-  sets = {t: load_split(s, tok, t, split) for t in tasks_lib.EVAL_TASKS}
+  """The `split` sets of every evaluated task (None where no file is configured); with
+  `reverse`, those of the pair tasks only, each pair as (b, a) (`eval.both_orders`)."""
+  tasks = tasks_lib.PAIR_TASKS if reverse else tasks_lib.EVAL_TASKS
+  sets = {t: load_split(s, tok, t, split, reverse) for t in tasks}
   return {t: (None if v is None else data_lib.limit_rows(v, limit)) for t, v in sets.items()}

@@ -279,6 +279,7 @@ class EvalSettings:
   buckets: tuple[int, ...]
   dtype: str
   write_predictions: bool
+  both_orders: bool
 
   def __post_init__(self):
     _at_least("eval.batch_size", self.batch_size, 1)

@@ -118,30 +118,6 @@ def _sentiment_extras(s: settings_lib.Settings, tok, path_of) -> list:
   return extras
 
 
-def _swapped_pairs(task_name: str):
-  """With `data.swap_pairs`: the task's training pairs again as (b, a), a second source
-  with the same sampling weight as the first, so half the task's batches show each order.
-  Neither label depends on the order; a cross-encoder's input does (`[CLS] a [SEP] b
-  [SEP]`, the prompt on `a`), as do the bi-encoder's features [u; v; |u-v|; u*v]."""
-
-  def extras(s: settings_lib.Settings, tok, path_of) -> list:
-    if not s.data.swap_pairs:
-      return []
-    task, path = TABLE[task_name], path_of(f"{task_name}_train")
-
-    def build():
-      rows = task.read(path, s.data)
-      rows = dataclasses.replace(rows, texts_a=rows.texts_b, texts_b=rows.texts_a)
-      return dataclasses.replace(task.tokenize(rows, tok, s.data.max_length, s.heads),
-                                 reordered=True)
-
-    tokset = data_lib.tokenize_once(path, tok, (task_name, "swapped", task.segments(s.heads),
-                                                s.data.max_length, s.data.on_invalid), build)
-    return [(tokset, 1.0)]
-
-  return extras
-
-
 # ------------------------------------------------------------------------------------------
 # Losses on a task's output.
 
@@ -174,7 +150,7 @@ TABLE: dict[str, Task] = {
         divergence=functools.partial(losses.symmetric_kl_binary, reduce=False),
         predict=lambda logit: (logit > 0).astype(jnp.int32),  # sigmoid(logit) > 0.5
         metric="para_acc", score=accuracy, prediction_file="para",
-        prediction_header="Predicted_Is_Paraphrase", extra_train_sources=_swapped_pairs("para")),
+        prediction_header="Predicted_Is_Paraphrase"),
     "sts": Task(
         name="sts", read=lambda path, d: readers.read_pairs(path, "similarity", d.on_invalid,
                                                            d.tfds_dir),
@@ -185,7 +161,7 @@ TABLE: dict[str, Task] = {
         predict=lambda score: score, metric="sts_pearson", score=pearson,
         to_unit=lambda r: (r + 1) / 2, prediction_file="sts",
         prediction_header="Predicted_Similiary",  # sic: the course's spelling
-        format_value=lambda v: repr(float(v)), extra_train_sources=_swapped_pairs("sts")),
+        format_value=lambda v: repr(float(v))),
     "nli": Task(
         name="nli", read=lambda path, d: readers.read_triplets(path, d.on_invalid, d.tfds_dir),
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_triplets(
@@ -197,6 +173,9 @@ TABLE: dict[str, Task] = {
 assert tuple(TABLE) == settings_lib.TASKS
 EVAL_TASKS = tuple(name for name, task in TABLE.items() if task.evaluated)
 assert EVAL_TASKS == settings_lib.EVAL_TASKS
+# The tasks on sentence pairs, whose label does not depend on the pair's order
+# (`data.swap_pairs`, `eval.both_orders`).
+PAIR_TASKS = ("para", "sts")
 
 
 def get(name: str) -> Task:

@@ -376,6 +376,8 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   # Data first: a bad file fails before any compilation.
   iterators = _iterators(s, tok, local_batch)
   dev_sets = experiment.eval_sets(s, tok, "dev", s.train.eval_limit)
+  reversed_dev_sets = (experiment.eval_sets(s, tok, "dev", s.train.eval_limit, reverse=True)
+                       if s.eval.both_orders else None)
 
   _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
   params = heads_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
@@ -463,7 +465,8 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
       if evaluate:
         eval_start = time.time()
         scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), dev_sets,
-                                                s.eval.batch_size, s.eval_buckets, sharder)
+                                                s.eval.batch_size, s.eval_buckets, sharder,
+                                                reversed_sets=reversed_dev_sets)
         dev = tasks_lib.summarize(scores)
         writer.scalars(step, dev)
         history.add(step, "dev", dev)

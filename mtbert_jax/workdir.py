@@ -47,8 +47,9 @@ FREE = {
     "eval": _ALWAYS + ("seed", "train.*", "optim.*", "weighting.*", "smart.*", "simcse.*",
                        "data.*_train", "data.*_dev", "data.train_limit", "data.dev_limit",
                        "data.cfimdb_*", "data.tweets*", "data.nli", "data.on_invalid",
-                       "eval.buckets", "model.dtype", "model.kernels", "model.attention",
-                       "model.hidden_dropout", "model.attention_dropout", "model.remat"),
+                       "data.swap_pairs", "eval.buckets", "eval.both_orders", "model.dtype",
+                       "model.kernels", "model.attention", "model.hidden_dropout",
+                       "model.attention_dropout", "model.remat"),
 }
 
 

@@ -189,6 +189,34 @@ def test_train_eval_predict_roundtrip(tiny_ckpt_dir, data_dir, tmp_path):
   assert predictor.paraphrase([("a b", "a b")]).shape == (1,)
   assert predictor.similarity([("a b", "c d"), ("x", "y")]).shape == (2,)
 
+  # eval.both_orders: a pair's output is the mean over (a, b) and (b, a), in the API and in
+  # --mode=eval alike, so it no longer depends on the order.
+  sts_dev = readers.read_pairs(os.path.join(data_dir, "cs224n/sts-dev.csv"), "similarity")
+  pairs = list(zip(sts_dev.texts_a[:64], sts_dev.texts_b[:64]))
+  swapped = [(b, a) for a, b in pairs]
+  one, other = predictor.similarity(pairs), predictor.similarity(swapped)
+  assert not np.allclose(one, other)  # the bi-encoder's [u; v; |u-v|; u*v] has an order
+  both = eval_lib.Predictor(predictor.model, predictor.params, predictor.tokenizer,
+                            config.data.max_length, config.eval_buckets, both_orders=True)
+  np.testing.assert_array_equal(both.similarity(pairs), (one + other) / 2)
+  np.testing.assert_array_equal(both.similarity(pairs), both.similarity(swapped))
+  p_one = predictor.paraphrase_probability(pairs)
+  p_both = both.paraphrase_probability(pairs)
+  np.testing.assert_array_equal(p_both, both.paraphrase_probability(swapped))
+  assert not np.allclose(p_both, p_one)
+  both_config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                     both_orders=True))
+  both_metrics = eval_lib.evaluate_workdir(workdir, both_config)
+  assert both_metrics["dev/sst_acc"] == metrics["dev/sst_acc"]
+  with np.load(os.path.join(pred_dir, "dev-outputs.npz")) as arrays:
+    # Batches of 32 (eval) and 64 (the API) pad differently: float32 sums in another
+    # order, a few ulps of a score of ~1.
+    np.testing.assert_allclose(arrays["sts/outputs"], (one + other) / 2, rtol=1e-5,
+                               atol=1e-6)
+  np.testing.assert_allclose(both_metrics["dev/sts_pearson"],
+                             np.corrcoef((one + other) / 2, sts_dev.labels[:64])[0, 1],
+                             rtol=1e-5)
+
 
 def test_with_a_weight_average_the_best_checkpoint_and_eval_are_the_average(
     tiny_ckpt_dir, data_dir, tmp_path):
