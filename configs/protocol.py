@@ -126,9 +126,9 @@ RECIPES.update({
     "prop_head_dropout": _with(_PROP, heads__dropout=0.1),
     # The baselines' sentence vector: BERT's pooler over [CLS] instead of MiniLM's mean.
     "prop_pooler": _with(_PROP, heads__cls_source="pooler"),
-    # Both pair tasks also trained on each pair as (b, a) (sentence-transformers' advice for
-    # cross-encoders): the model sees both orders, the sampler still counts a pair once.
-    "prop_swap_pairs": _with(_PROP, data__swap_pairs=True),
+    # Pairs in both orders: trained on each pair as (a, b) and as (b, a) (the sampler still
+    # counts a pair once), evaluated as the mean of the two orders' outputs.
+    "prop_swap_both": _with(_PROP, data__swap_pairs=True, eval__both_orders=True),
 })
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
 FULL = "cross_prop"
