@@ -129,8 +129,8 @@ RECIPES.update({
     # Pairs in both orders: trained on each pair as (a, b) and as (b, a) (the sampler still
     # counts a pair once), evaluated as the mean of the two orders' outputs.
     "prop_swap_both": _with(_PROP, data__swap_pairs=True, eval__both_orders=True),
-    # The winner evaluated in both orders only: trained as `cross_prop` (same parameters at
-    # the same seed), so a difference from `cross_prop` is the evaluation's.
+    # The winner evaluated in both orders only: trained exactly as `cross_prop`, so the
+    # same checkpoint evaluated in one order (`--mode=eval`) isolates the evaluation's part.
     "prop_both_orders": _with(_PROP, eval__both_orders=True),
 })
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
