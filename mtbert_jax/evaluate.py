@@ -111,16 +111,18 @@ def evaluate_split(output_fns: dict[str, Callable], params: Any,
   for task, tokset in sets.items():
     if tokset is None:
       continue
-    views = [tokset] + ([reversed_sets[task]] if reversed_sets.get(task) is not None else [])
-    if any(v.ids != tokset.ids for v in views):
+    reverse = reversed_sets.get(task)
+    if reverse is not None and reverse.ids != tokset.ids:
       raise ValueError(f"the reversed {task} {split} set does not hold the same rows")
     counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
-                              f"{split}" + (" in both orders" if len(views) > 1 else ""),
-                              len(tokset) * len(views), _UNITS.get(task, "examples"))
+                              f"{split}" + (" in both orders" if reverse else ""),
+                              len(tokset) * (2 if reverse else 1), _UNITS.get(task, "examples"))
     try:
-      outs = [predict(output_fns[task], params, view, batch_size, buckets, sharder, counter)
-              for view in views]
-      outputs[task] = outs[0] if len(outs) == 1 else (outs[0] + outs[1]) / 2
+      outputs[task] = predict(output_fns[task], params, tokset, batch_size, buckets, sharder,
+                              counter)
+      if reverse is not None:
+        outputs[task] = (outputs[task] + predict(output_fns[task], params, reverse, batch_size,
+                                                 buckets, sharder, counter)) / 2
     finally:
       counter.close()
     if tokset.labels is not None:
@@ -183,10 +185,9 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
     if split == "dev" and dev_results is not None:
       scores, outputs = dev_results
     else:
-      reversed_sets = (experiment.eval_sets(s, tok, split, reverse=True)
-                       if s.eval.both_orders else None)
       scores, outputs = evaluate_split(output_fns, params, sets, s.eval.batch_size,
-                                       s.eval_buckets, sharder, split, reversed_sets)
+                                       s.eval_buckets, sharder, split,
+                                       experiment.reversed_eval_sets(s, tok, split))
     if split == "dev":
       metrics.update(tasks_lib.summarize(scores))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:

@@ -193,3 +193,9 @@ def eval_sets(s: Settings, tok, split: str, limit: int = 0, reverse: bool = Fals
   tasks = tasks_lib.PAIR_TASKS if reverse else tasks_lib.EVAL_TASKS
   sets = {t: load_split(s, tok, t, split, reverse) for t in tasks}
   return {t: (None if v is None else data_lib.limit_rows(v, limit)) for t, v in sets.items()}
+
+
+def reversed_eval_sets(s: Settings, tok, split: str, limit: int = 0
+                       ) -> dict[str, data_lib.TokenizedSet | None] | None:
+  """`eval_sets(..., reverse=True)` when `eval.both_orders` is on, else None."""
+  return eval_sets(s, tok, split, limit, reverse=True) if s.eval.both_orders else None

@@ -376,8 +376,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   # Data first: a bad file fails before any compilation.
   iterators = _iterators(s, tok, local_batch)
   dev_sets = experiment.eval_sets(s, tok, "dev", s.train.eval_limit)
-  reversed_dev_sets = (experiment.eval_sets(s, tok, "dev", s.train.eval_limit, reverse=True)
-                       if s.eval.both_orders else None)
+  reversed_dev_sets = experiment.reversed_eval_sets(s, tok, "dev", s.train.eval_limit)
 
   _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
   params = heads_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
