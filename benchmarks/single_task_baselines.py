@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mtbert_jax import readers  # pylint: disable=wrong-import-position
 from mtbert_jax import paths  # pylint: disable=wrong-import-position
+from mtbert_jax import results as results_lib  # pylint: disable=wrong-import-position
 
 # task -> (train file, dev file, epochs, num_labels, metric key)
 TASKS = {
@@ -190,7 +191,7 @@ def main(argv=None):
       raise SystemExit(f"--tasks: unknown task {task!r}; expected some of "
                        f"{list(TASKS) + ['sts_zero_shot']}")
   command = " ".join(["single_task_baselines.py"] + list(sys.argv[1:] if argv is None else argv))
-  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+  machine = (f"{results_lib.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
   previous = {}
   if args.out and os.path.isfile(args.out):  # runs finished earlier are kept, not repeated

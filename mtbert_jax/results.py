@@ -104,9 +104,27 @@ def _record_attempt(run: str, seconds: float) -> list[float]:
   return times
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux), else the architecture.
+
+  bfloat16 runs on the CPU differ between CPU models: XLA:CPU multiplies bf16 operands on
+  AMX on an Intel Xeon and on AVX-512 BF16 on an AMD EPYC, kernels that need not
+  accumulate in the same order, so the same code and seed can train to other numbers on
+  the two (docs/results.md has a case). A run names its CPU.
+  """
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine(run: str) -> str:
   """This host's CPU and, from the run's train_stats.json, the devices it trained on."""
-  text = f"{platform.machine()}, {os.cpu_count()} cores"
+  text = f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores"
   stats = os.path.join(run, "train_stats.json")
   if os.path.isfile(stats):
     with open(stats, encoding="utf-8") as f:

@@ -195,6 +195,7 @@ def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_pat
   run = tmp_path / "run"
   run.mkdir()
   assert results.machine(str(run)).endswith(" cores")          # no train_stats.json yet
+  assert results.machine(str(run)).startswith(results.cpu_model() + ", ")  # bf16 depends on it
   with open(run / "train_stats.json", "w", encoding="utf-8") as f:
     json.dump({"devices": {"backend": "gpu", "kind": "NVIDIA H200", "count": 1,
                            "processes": 1}, "windows": []}, f)
