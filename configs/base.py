@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.heads.sentiment = "linear"      # "linear" | "squared_relu" (paper: relu(logits)^2) |
                                     # "mlp": hidden layer with squared ReLU, then linear
   c.heads.paraphrase = "bi"         # "bi": [u;v;|u-v|;u*v] of two encodings | "prompt":
-                                    # the paper's prompted cross-encoder
+                                    # the paper's prompted cross-encoder | "cross": the
+                                    # cross-encoder without the prompt
   c.heads.similarity = "linear"     # "linear" on [u;v;|u-v|;u*v] | "cosine": shared layer, 5*cos
                                     # | "cross": cross-encoder over the joint pair
   c.heads.dropout = 0.2             # dropout before each head's linear layer (paper: 0.2)

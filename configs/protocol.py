@@ -138,6 +138,9 @@ RECIPES.update({
 # proportional sampling's 48 / 31 / 21% (the step from T=2 to T=1 raised Quora's mean).
 RECIPES["both_t07"] = _with(RECIPES["prop_both_orders"], train__sampling="temperature",
                             train__sampling_temperature=0.7)
+# On `prop_both_orders`: the paraphrase cross-encoder without the paper's prompt, as the
+# single-task baseline reads a pair (`[CLS] a [SEP] b [SEP]`).
+RECIPES["both_cross_para"] = _with(RECIPES["prop_both_orders"], heads__paraphrase="cross")
 # The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
 FULL = "cross_prop"
 RECIPES["full"] = RECIPES[FULL]

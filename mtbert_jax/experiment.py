@@ -146,8 +146,9 @@ def _load(s: Settings, tok, task: tasks_lib.Task, path: str,
     tokset = task.tokenize(rows, tok, s.data.max_length, heads)
     return dataclasses.replace(tokset, reordered=True) if reverse else tokset
 
-  return data_lib.tokenize_once(path, tok, (task.name, task.segments(heads), s.data.max_length,
-                                            s.data.on_invalid, reverse), build)
+  return data_lib.tokenize_once(path, tok, (task.name, task.segments(heads), task.prompt(heads),
+                                            s.data.max_length, s.data.on_invalid, reverse),
+                                build)
 
 
 def load_split(s: Settings, tok, task: str, split: str,

@@ -9,7 +9,8 @@ segments, stacked along the batch axis (`tasks.py` says which segments a task en
   (dropout, a hidden layer of width H with a squared ReLU, dropout, linear).
 * `para_output` -> one logit: "bi" takes [u; v] (two sentences, [2B, H]) and a linear layer
   on [u; v; |u-v|; u*v]; "prompt" is the paper's cross-encoder: one input
-  `[CLS] prompt + s1 [SEP] s2 [SEP]` ([B, H]), dropout and a linear layer.
+  `[CLS] prompt + s1 [SEP] s2 [SEP]` ([B, H]), dropout and a linear layer; "cross" the
+  same without the prompt, `[CLS] s1 [SEP] s2 [SEP]` (the single-task baseline's form).
 * `sts_output` -> a 0-5 similarity: "linear" on [u; v; |u-v|; u*v] (an unbounded
   regression, the baseline); "cosine", the paper's head: each vector through the
   `sts_proj` layer shared with the NLI/SimCSE task, cosine similarity clamped to [0, 1],
@@ -117,8 +118,8 @@ class MultitaskModel(nn.Module):
     return logits
 
   def para_output(self, vectors: Array, deterministic: bool) -> Array:
-    """One paraphrase logit [B] (sigmoid in the loss): of [B, H] joint vectors ("prompt")
-    or of the two sentences' vectors stacked, [2B, H] ("bi")."""
+    """One paraphrase logit [B] (sigmoid in the loss): of [B, H] joint vectors ("prompt",
+    "cross") or of the two sentences' vectors stacked, [2B, H] ("bi")."""
     x = vectors
     if self.heads.paraphrase == "bi":
       x = pair_features(*jnp.split(vectors, 2))
@@ -151,7 +152,7 @@ class MultitaskModel(nn.Module):
     v = self.vector(input_ids, attention_mask, token_type_ids, deterministic)
     two = jnp.concatenate([v, v[::-1]])  # [2B, H], "sentence pairs" for the pair heads
     return {"sst": self.sst_output(v, deterministic),
-            "para": self.para_output(v if self.heads.paraphrase == "prompt" else two,
+            "para": self.para_output(two if self.heads.paraphrase == "bi" else v,
                                      deterministic),
             "sts": self.sts_output(v if self.heads.similarity == "cross" else two,
                                    deterministic),

@@ -99,7 +99,7 @@ class HeadSettings:
 
   def __post_init__(self):
     _one_of("heads.sentiment", self.sentiment, ("linear", "squared_relu", "mlp"))
-    _one_of("heads.paraphrase", self.paraphrase, ("bi", "prompt"))
+    _one_of("heads.paraphrase", self.paraphrase, ("bi", "prompt", "cross"))
     _one_of("heads.similarity", self.similarity, ("linear", "cosine", "cross"))
     _probability("heads.dropout", self.dropout)
     _one_of("heads.cls_source", self.cls_source, ("auto", "pooler", "hidden", "mean"))

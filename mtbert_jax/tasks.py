@@ -64,6 +64,9 @@ class Task:
   prediction_file: str = ""       # stem of `<stem>-<split>-output.csv`
   prediction_header: str = ""     # the course's column name
   format_value: Callable[[Any], str] = lambda v: str(int(v))
+  # Text that `tokenize` prepends to the first sentence of a joint pair, given the heads
+  # (None: none); with `segments`, what tells two tokenizations of one file apart.
+  prompt: Callable[[settings_lib.HeadSettings], str | None] = lambda heads: None
   # Further training sets mixed into the task's batches: (settings, tokenizer, path_of)
   # -> [(set, sampling weight)], `path_of(field)` the file of `data.<field>`.
   extra_train_sources: Callable[..., list] | None = None
@@ -78,7 +81,11 @@ class Task:
 
 
 def _para_joint(heads: settings_lib.HeadSettings) -> bool:
-  return heads.paraphrase == "prompt"
+  return heads.paraphrase in ("prompt", "cross")
+
+
+def _para_prompt(heads: settings_lib.HeadSettings) -> str | None:
+  return heads_lib.PARAPHRASE_PROMPT if heads.paraphrase == "prompt" else None
 
 
 def _sts_joint(heads: settings_lib.HeadSettings) -> bool:
@@ -89,10 +96,9 @@ def _pair_segments(joint_of: Callable):
   return lambda heads: ("",) if joint_of(heads) else ("_1", "_2")
 
 
-def _tokenize_pairs(joint_of: Callable, prompt: str | None):
+def _tokenize_pairs(joint_of: Callable, prompt_of: Callable = lambda heads: None):
   def tokenize(rows, tok, max_length, heads):
-    joint = joint_of(heads)
-    return data_lib.tokenize_pairs(rows, tok, max_length, joint, prompt if joint else None)
+    return data_lib.tokenize_pairs(rows, tok, max_length, joint_of(heads), prompt_of(heads))
   return tokenize
 
 
@@ -144,7 +150,7 @@ TABLE: dict[str, Task] = {
     "para": Task(
         name="para", read=lambda path, d: readers.read_pairs(path, "paraphrase", d.on_invalid,
                                                             d.tfds_dir),
-        tokenize=_tokenize_pairs(_para_joint, heads_lib.PARAPHRASE_PROMPT),
+        tokenize=_tokenize_pairs(_para_joint, _para_prompt), prompt=_para_prompt,
         segments=_pair_segments(_para_joint), output="para_output",
         loss=lambda out, y, w, s: losses.sigmoid_binary_cross_entropy(out, y, w),
         divergence=functools.partial(losses.symmetric_kl_binary, reduce=False),
@@ -154,7 +160,7 @@ TABLE: dict[str, Task] = {
     "sts": Task(
         name="sts", read=lambda path, d: readers.read_pairs(path, "similarity", d.on_invalid,
                                                            d.tfds_dir),
-        tokenize=_tokenize_pairs(_sts_joint, None),
+        tokenize=_tokenize_pairs(_sts_joint),
         segments=_pair_segments(_sts_joint), output="sts_output",
         loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
         divergence=functools.partial(losses.mse_divergence, reduce=False),

@@ -84,7 +84,7 @@ def _batch(task: str, batch: int = 4, length: int = 12, vocab: int = 99, seed: i
 @pytest.mark.parametrize("head_kw", [
     {}, dict(sentiment="squared_relu", paraphrase="prompt", similarity="cosine",
              cls_source="hidden"),
-    dict(sentiment="mlp", similarity="cross", cls_source="mean")])
+    dict(sentiment="mlp", paraphrase="cross", similarity="cross", cls_source="mean")])
 def test_head_shapes_and_ranges(tiny_config, head_kw):
   m = _model(tiny_config, **head_kw)
   params = heads_lib.init_params(m, jax.random.key(0))
@@ -99,7 +99,7 @@ def test_head_shapes_and_ranges(tiny_config, head_kw):
     assert (logits >= 0).all()
   assert ("sentiment_hidden" in params) == (head_kw.get("sentiment") == "mlp")
   pair = jnp.concatenate([v, v[::-1]])
-  para_in = v if head_kw.get("paraphrase") == "prompt" else pair
+  para_in = pair if head_kw.get("paraphrase", "bi") == "bi" else v  # joint: one vector a pair
   assert apply(m.para_output, para_in).shape == (3,)
   sts_in = v if head_kw.get("similarity") == "cross" else pair
   score = apply(m.sts_output, sts_in)

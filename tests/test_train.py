@@ -463,6 +463,27 @@ def test_smoke_config_real_checkpoint(data_dir, tmp_path):
   assert cache.is_dir() and any(cache.iterdir())
 
 
+def test_paraphrase_cross_encoder_reads_the_joint_pair_with_or_without_the_prompt(
+    tiny_ckpt_dir):
+  """"cross" is "prompt" less the prompt's tokens; the two never share a cached set."""
+  tok = None
+  sets = {}
+  for head in ("prompt", "cross"):
+    s = tiny_run_config(tiny_ckpt_dir, heads__paraphrase=head)
+    tok = tok or experiment.tokenizer(s)
+    sets[head] = experiment.load_split(s, tok, "para", "dev")
+    assert set(sets[head].segments) == {""}
+  prompt_ids = tok.encode_ids([heads_lib.PARAPHRASE_PROMPT], max_length=64)[0][0][1:-1]
+  rows = readers.read_pairs(experiment.data_path(s, "para_dev"), "paraphrase", "skip")
+  for i in (0, 1, len(sets["cross"]) - 1):
+    cross = sets["cross"].segments[""].tokens(i)[0]
+    prompted = sets["prompt"].segments[""].tokens(i)[0]
+    want, _ = tok.encode_ids([rows.texts_a[i]], [rows.texts_b[i]], max_length=s.data.max_length)
+    np.testing.assert_array_equal(cross, want[0])           # [CLS] a [SEP] b [SEP]
+    np.testing.assert_array_equal(prompted[1:1 + len(prompt_ids)], prompt_ids)
+    assert len(prompted) == len(cross) + len(prompt_ids) or len(prompted) == s.data.max_length
+
+
 @pytest.mark.parametrize("heads", [{"heads__paraphrase": "prompt", "heads__similarity": "cross"},
                                    {"heads__paraphrase": "bi", "heads__similarity": "cosine"}])
 def test_swap_pairs_trains_each_pair_reversed_and_counts_it_once(tiny_ckpt_dir, heads):
