@@ -72,9 +72,9 @@ if [ "$PART" = results ] || [ "$PART" = search ]; then
 # paper's budget (1,500 steps of batch 64) instead of the CPU protocol's 2,212 x 32; the
 # rest is the protocol's (bf16, length 128, one evaluation after the last step, full dev
 # sets).
-# search: the winner `cross_prop` and the candidates built on it (`prop_*` of
-# configs/protocol.py) with seeds 0-2 at the protocol's own budget (2,212 x 32): the recipe
-# search of docs/results.md, continued on the GPU.
+# search: the winner `both_t07` and candidates around it (configs/protocol.py) with seeds
+# 0-2 at the protocol's own budget (2,212 x 32): the recipe search of docs/results.md,
+# continued on the GPU.
 # RESULTS_JOBS runs share the GPU (MiniLM needs a few GiB each), each its own
 # `python -m mtbert_jax.results` invocation into one workdir; the most telling runs come
 # first, so that a timeout leaves those. Only finished runs make the tables
@@ -93,8 +93,8 @@ if [ "$PART" = results ]; then
   for r in $ROWS; do GROUPS_JSON+="\"ablation/$r\", "; done
 else
   STEPS=${RESULTS_STEPS:-2212}; BATCH=${RESULTS_BATCH:-32}
-  ROWS="cross_prop prop_label_smoothing prop_layer_decay prop_mlp_head prop_lr5e-5"
-  ROWS+=" prop_lr2e-4 prop_ema prop_smart"
+  ROWS="both_t07 prop_both_orders both_t05 t07_cross_para prop_label_smoothing prop_ema"
+  ROWS+=" prop_layer_decay prop_smart"
   DEFAULT_LIST=$(for s in 0 1 2; do for r in $ROWS; do echo "$r $s"; done; done)
   GROUPS_JSON="{\"groups\": {\"recipe search on the winner\": ["
   for r in $ROWS; do GROUPS_JSON+="\"$r\", "; done

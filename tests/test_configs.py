@@ -163,7 +163,9 @@ def test_protocol_recipe_changes_only_what_it_names(row, changed):
     ("prop_swap_both", {"data.swap_pairs", "eval.both_orders"}),
     ("prop_both_orders", {"eval.both_orders"}),
     ("both_t07", {"eval.both_orders", "train.sampling", "train.sampling_temperature"}),
-    ("both_cross_para", {"eval.both_orders", "heads.paraphrase"}),
+    ("both_t05", {"eval.both_orders", "train.sampling", "train.sampling_temperature"}),
+    ("t07_cross_para", {"eval.both_orders", "train.sampling", "train.sampling_temperature",
+                        "heads.paraphrase"}),
 ])
 def test_candidates_on_the_winner_change_only_what_they_name(row, changed):
   from configs import protocol  # pylint: disable=import-outside-toplevel

@@ -183,8 +183,8 @@ def test_the_readme_results_table_is_docs_results():
     return [c.strip() for c in found[0].split("|")[2:6]]
 
   keys = [key for key, _ in results.METRICS]
-  for prefix, row in ((f"| `configs/full.py` (`{full}`)", full), ("| `cross_t2`", "cross_t2"),
-                      ("| `sched`", "sched")):
+  for prefix, row in ((f"| `configs/full.py` (`{full}`)", full), ("| `cross_prop`", "cross_prop"),
+                      ("| `cross_t2`", "cross_t2"), ("| `sched`", "sched")):
     assert cells(prefix) == [results._cell(table["rows"][row][k]) for k in keys], row
   base = table["baselines"]["tasks"]
   expected = [results._cell(base[t]) for t in ("sst", "para", "sts")]
