@@ -396,12 +396,18 @@ def draw_figures(out: str, results: dict) -> dict[str, str]:
   from mtbert_jax import report  # pylint: disable=import-outside-toplevel
   plt = report._pyplot()  # pylint: disable=protected-access
   names = {}
+  folder = os.path.dirname(out) or "."
   for group, rows in results["groups"].items():
     if rows:
       names[group] = figure_name(out, group)
       figure_results(plt, results["rows"], rows, results.get("baselines"),
-                     os.path.join(os.path.dirname(out) or ".", names[group]),
-                     f"{group}: dev metrics")
+                     os.path.join(folder, names[group]), f"{group}: dev metrics")
+  # A group that no longer has rows leaves no figure behind (files named as figure_name
+  # names them only: another --out's figures beside these have a "_" in the slug's place).
+  stale = re.compile(re.escape(os.path.basename(out)) + r"_[a-z0-9]+(-[a-z0-9]+)*\.png")
+  for name in os.listdir(folder):
+    if stale.fullmatch(name) and name not in names.values():
+      os.remove(os.path.join(folder, name))
   return names
 
 

@@ -147,7 +147,12 @@ def test_each_group_gets_a_figure_shown_under_its_table(tmp_path):
   out = results.collect(str(tmp_path / "w"), {"groups": {
       "ablation": ["ablation/baseline", "ablation/smart"], "recipe search": ["full"]}})
   out["baselines"] = _baselines([0.415], [0.81], [0.83])
+  for other in ("results_old-group.png", "results_t2_ablation.png", "results_notes.md"):
+    (tmp_path / other).write_text("")   # a group gone; another --out's figure; notes
   figures = results.draw_figures(str(tmp_path / "results"), out)
+  assert not (tmp_path / "results_old-group.png").exists()
+  assert (tmp_path / "results_t2_ablation.png").exists()
+  assert (tmp_path / "results_notes.md").exists()
   assert figures == {"ablation": "results_ablation.png",
                      "recipe search": "results_recipe-search.png"}
   for name in figures.values():
