@@ -133,9 +133,10 @@ RECIPES.update({
     # same checkpoint evaluated in one order (`--mode=eval`) isolates the evaluation's part.
     "prop_both_orders": _with(_PROP, eval__both_orders=True),
 })
-# The winner (FULL). On `prop_both_orders`: Quora, the one task not past its baseline, gets
-# still more of the steps. Temperature 0.7 (p_t ~ n_t^(1/0.7)): Quora ~54%, SST ~28%, STS ~17%, against
-# proportional sampling's 48 / 31 / 21% (the step from T=2 to T=1 raised Quora's mean).
+# The winner (FULL). On `prop_both_orders`: Quora, the one task not past its baseline,
+# gets still more of the steps. Temperature 0.7 (p_t ~ n_t^(1/0.7)): Quora ~54%, SST ~28%,
+# STS ~17%, against proportional sampling's 48 / 31 / 21% (the step from T=2 to T=1 raised
+# Quora's mean).
 RECIPES["both_t07"] = _with(RECIPES["prop_both_orders"], train__sampling="temperature",
                             train__sampling_temperature=0.7)
 # Further along: temperature 0.5 (p_t ~ n_t^2), Quora ~62%, SST ~25%, STS ~12%.

@@ -1,5 +1,6 @@
-"""The error-analysis report (mtbert_jax/report.py): the numbers behind each figure (error_analysis.py) against
-small hand-computed cases, and the report of a real (tiny-encoder) workdir end to end."""
+"""The error-analysis report (mtbert_jax/report.py): the numbers behind each figure
+(error_analysis.py) against small hand-computed cases, and the report of a real
+(tiny-encoder) workdir end to end."""
 
 from __future__ import annotations
 
