@@ -112,8 +112,8 @@ def test_head_shapes_and_ranges(tiny_config, head_kw):
 
 
 def test_head_settings_reject_unknown_modes():
-  with pytest.raises(settings_lib.ConfigError, match="heads.paraphrase='cross'"):
-    _heads(paraphrase="cross")
+  with pytest.raises(settings_lib.ConfigError, match="heads.paraphrase='siamese'"):
+    _heads(paraphrase="siamese")
   with pytest.raises(ValueError, match="resolve 'auto'"):
     _model(model_lib.BertConfig(num_hidden_layers=1), cls_source="auto").init(
         jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32),
