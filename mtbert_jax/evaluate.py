@@ -114,9 +114,10 @@ def evaluate_split(output_fns: dict[str, Callable], params: Any,
     reverse = reversed_sets.get(task)
     if reverse is not None and reverse.ids != tokset.ids:
       raise ValueError(f"the reversed {task} {split} set does not hold the same rows")
+    orders = 1 if reverse is None else 2  # (an empty set is falsy: test against None)
     counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
-                              f"{split}" + (" in both orders" if reverse else ""),
-                              len(tokset) * (2 if reverse else 1), _UNITS.get(task, "examples"))
+                              f"{split}" + (" in both orders" if orders == 2 else ""),
+                              len(tokset) * orders, _UNITS.get(task, "examples"))
     try:
       outputs[task] = predict(output_fns[task], params, tokset, batch_size, buckets, sharder,
                               counter)
