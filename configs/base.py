@@ -65,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tweets_weight = 0.0        # sentiment batches: sampling weight of tweets vs SST (1.0)
   c.data.swap_pairs = False         # paraphrase and STS: also train on each pair as (b, a), in
                                     # half of their batches (the sampler counts a pair once)
+  c.data.valid_fraction = 0.0       # hold out this fraction of each evaluated task's train
+                                    # file as its validation split ("valid"), chosen by a hash
+                                    # of the row id (the same rows on every machine and file
+                                    # order); then the training loop's evaluations and best
+                                    # checkpoint read it instead of dev; 0 = no split
   c.data.cfimdb_labels = (0, 4)     # CFIMDB negative/positive mapped to these SST classes
   c.data.tfds_dir = ""              # data_dir of tfds:NAME:SPLIT values (any file field above
                                     # may name a prepared TFDS dataset, e.g. tfds:glue/qqp:train;
@@ -149,6 +154,9 @@ def get_config() -> ml_collections.ConfigDict:
                                     # model's (model.dtype) | "float32" | "bfloat16"
   c.eval.both_orders = False        # paraphrase and STS: the mean output (logit, score) over
                                     # each pair as (a, b) and as (b, a); twice their eval cost
+  c.eval.dev = True                 # score the dev sets after training (metrics dev/*); false
+                                    # for a run that only selects a recipe on the validation
+                                    # split (--mode=eval --config.eval.dev=true adds dev later)
   c.eval.write_predictions = True   # write predictions/*.csv after training and in eval mode
 
   c.ckpt = ml_collections.ConfigDict()

@@ -10,6 +10,7 @@ bucket: `TrainIterator` is an infinite, seeded, resumable, shardable mixture of 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 from typing import Any, Callable, Iterator, Sequence
@@ -173,6 +174,36 @@ def limit_rows(tokset: TokenizedSet, limit: int) -> TokenizedSet:
   return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[:limit],
                       None if tokset.ids is None else tokset.ids[:limit],
                       tokset.lengths[:limit], tokset.pad_id, tokset.reordered)
+
+
+def select_rows(tokset: TokenizedSet, keep: np.ndarray) -> TokenizedSet:
+  """The rows of a set where the boolean mask `keep` [N] is true, in their order."""
+  rows = np.flatnonzero(keep)
+  segments = {}
+  for name, seg in tokset.segments.items():
+    lengths = np.diff(seg.offsets)[rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = (np.concatenate([np.arange(seg.offsets[r], seg.offsets[r + 1]) for r in rows])
+              if len(rows) else np.zeros(0, np.int64))
+    segments[name] = Segment(seg.input_ids[tokens], seg.type_ids[tokens], offsets)
+  return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[rows],
+                      None if tokset.ids is None else [tokset.ids[r] for r in rows],
+                      tokset.lengths[rows], tokset.pad_id, tokset.reordered)
+
+
+def in_validation_split(ids: Sequence[str], fraction: float) -> np.ndarray:
+  """Per row id, whether the row belongs to the validation split carved from a train file.
+
+  A row is in it when the first 8 bytes of BLAKE2b(id), read as a number in [0, 1), fall
+  below `fraction`: a function of the id alone, so the split is the same on every machine,
+  in every process and in every order of the file, and a row keeps its side when rows are
+  added. About `fraction` of the rows fall in it (the sizes of the course files' splits
+  are in the README)."""
+  cut = int(fraction * 2**64)
+  return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"),
+                                                     digest_size=8).digest(), "big") < cut
+                      for i in ids), bool, count=len(ids))
 
 
 # ---------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def evaluate_split(output_fns: dict[str, Callable], params: Any,
     if reverse is not None and reverse.ids != tokset.ids:
       raise ValueError(f"the reversed {task} {split} set does not hold the same rows")
     orders = 1 if reverse is None else 2  # (an empty set is falsy: test against None)
-    counter = console.Counter(f"{'evaluating' if split == 'dev' else 'predicting'} {task} "
+    counter = console.Counter(f"{'predicting' if split == 'test' else 'evaluating'} {task} "
                               f"{split}" + (" in both orders" if orders == 2 else ""),
                               len(tokset) * orders, _UNITS.get(task, "examples"))
     try:
@@ -144,9 +144,9 @@ def write_split_predictions(pred_dir: str, split: str,
   `mtbert_jax.report` reads for confidences); logs the sets that are not configured."""
   os.makedirs(pred_dir, exist_ok=True)
   written, missing, arrays = [], [], {}
-  for task in tasks_lib.EVAL_TASKS:
+  for task in sets:
     path = prediction_path(pred_dir, task, split)
-    if sets.get(task) is None:
+    if sets[task] is None:
       missing.append(task)
       continue
     write_predictions(path, task, sets[task].ids, to_predictions(task, outputs[task]))
@@ -168,29 +168,32 @@ def write_split_predictions(pred_dir: str, split: str,
 
 def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
                          sharder: sharding.Sharder, step: int, score: bool = True,
-                         dev_results: tuple | None = None,
+                         results: dict[str, tuple] | None = None,
                          output_fns: dict | None = None) -> dict[str, float]:
-  """With `score`: dev metrics of `params` into `metrics.json`, and the dev and test
-  prediction files; without (predict mode): the test prediction files only, no metrics.
+  """With `score`: the metrics of `params` on each scored split (`experiment.scored_splits`:
+  the validation split, dev) into `metrics.json` as `valid/...` and `dev/...`, and their
+  and the test sets' prediction files; without (predict mode): the test prediction files
+  only, no metrics.
 
-  `dev_results`: (scores, outputs) already computed for exactly these params on the full
-  dev sets (the loop's last evaluation of the best step), reused instead of recomputed.
+  `results`: per split, (scores, outputs) already computed for exactly these params on the
+  whole split (the loop's last evaluation of the best step), reused, not recomputed.
   `output_fns`: the loop's jitted output functions, so their compiled shapes are reused.
   """
   output_fns = output_fns or make_output_fns(mt_model, s.eval.dtype)
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
   pred_dir = os.path.join(workdir, "predictions")
-  for split in ("dev", "test") if score else ("test",):
+  scored = experiment.scored_splits(s) if score else ()
+  for split in scored + ("test",):
     sets = experiment.eval_sets(s, tok, split)
-    if split == "dev" and dev_results is not None:
-      scores, outputs = dev_results
+    if split in (results or {}):
+      scores, outputs = results[split]
     else:
       scores, outputs = evaluate_split(output_fns, params, sets, s.eval.batch_size,
                                        s.eval_buckets, sharder, split,
                                        experiment.reversed_eval_sets(s, tok, split))
-    if split == "dev":
-      metrics.update(tasks_lib.summarize(scores))
+    if split in scored:
+      metrics.update(tasks_lib.summarize(scores, split))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:
       write_split_predictions(pred_dir, split, sets, outputs)
   if score and jax.process_index() == 0:

@@ -151,19 +151,53 @@ def _load(s: Settings, tok, task: tasks_lib.Task, path: str,
                                 build)
 
 
+SPLITS = ("train", "valid", "dev", "test")
+
+
+def eval_split(s: Settings) -> str:
+  """The split that the training loop's evaluations read and the best checkpoint is chosen
+  on: the validation split carved from train when `data.valid_fraction` > 0, else dev."""
+  return "valid" if s.data.valid_fraction > 0 else "dev"
+
+
+def scored_splits(s: Settings) -> tuple[str, ...]:
+  """The labeled splits that a finished run is scored on (metrics.json): the validation
+  split when there is one, and dev unless `eval.dev` is off."""
+  return tuple(split for split, on in (("valid", s.data.valid_fraction > 0),
+                                       ("dev", s.eval.dev)) if on)
+
+
 def load_split(s: Settings, tok, task: str, split: str,
                reverse: bool = False) -> data_lib.TokenizedSet | None:
-  """The tokenized `split` ("train", "dev", "test") of a task, or None if unconfigured;
-  with `reverse`, a pair task's pairs as (b, a) (`reordered` set)."""
+  """The tokenized `split` (`SPLITS`) of a task, or None if unconfigured; with `reverse`, a
+  pair task's pairs as (b, a) (`reordered` set).
+
+  With `data.valid_fraction` > 0, "valid" is the part of an evaluated task's train file
+  that `data.in_validation_split` assigns to validation, and "train" the rest; otherwise
+  "valid" is None and "train" the whole file."""
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
   if reverse and task not in tasks_lib.PAIR_TASKS:
     raise ValueError(f"task {task} has no pairs to reverse")
-  field = "nli" if task == "nli" else f"{task}_{split}"
+  carve = s.data.valid_fraction > 0 and tasks_lib.get(task).evaluated
+  if split == "valid" and not carve:
+    return None
+  field = "nli" if task == "nli" else f"{task}_{'train' if split == 'valid' else split}"
   path = data_path(s, field)
   if path is None:
     return None
   tokset = _load(s, tok, tasks_lib.get(task), path, reverse)
   if split != "test" and tokset.labels is None and task != "nli":
     raise data_lib.DataError(f"{path}: the {split} file of task {task} has no labels")
+  if carve and split in ("train", "valid"):
+    if tokset.ids is None:
+      raise data_lib.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
+                               "row (the split is a hash of the id); this file has none")
+    held_out = data_lib.in_validation_split(tokset.ids, s.data.valid_fraction)
+    tokset = data_lib.select_rows(tokset, held_out if split == "valid" else ~held_out)
+    if not len(tokset):
+      raise data_lib.DataError(f"{path}: --config.data.valid_fraction="
+                               f"{s.data.valid_fraction} leaves no {split} rows")
   limit = {"train": s.data.train_limit, "dev": s.data.dev_limit}.get(split, 0)
   return data_lib.limit_rows(tokset, limit)
 
@@ -187,11 +221,17 @@ def train_sources(s: Settings, tok, task: str
   return sources, weights
 
 
+def evaluated_tasks(s: Settings) -> tuple[str, ...]:
+  """The tasks a run is scored on: those of `train.tasks` that have a metric (a
+  single-task run is not scored on heads it never trained)."""
+  return tuple(t for t in tasks_lib.EVAL_TASKS if t in s.train.tasks)
+
+
 def eval_sets(s: Settings, tok, split: str, limit: int = 0, reverse: bool = False
               ) -> dict[str, data_lib.TokenizedSet | None]:
   """The `split` sets of every evaluated task (None where no file is configured); with
   `reverse`, those of the pair tasks only, each pair as (b, a) (`eval.both_orders`)."""
-  tasks = tasks_lib.PAIR_TASKS if reverse else tasks_lib.EVAL_TASKS
+  tasks = tuple(t for t in evaluated_tasks(s) if not reverse or t in tasks_lib.PAIR_TASKS)
   sets = {t: load_split(s, tok, t, split, reverse) for t in tasks}
   return {t: (None if v is None else data_lib.limit_rows(v, limit)) for t, v in sets.items()}
 

@@ -127,6 +127,7 @@ class DataSettings:
   cfimdb_weight: float
   tweets_weight: float
   swap_pairs: bool
+  valid_fraction: float
   cfimdb_labels: tuple[int, ...]
   on_invalid: str
   tfds_dir: str
@@ -144,6 +145,9 @@ class DataSettings:
     _at_least("data.dev_limit", self.dev_limit, 0)
     _at_least("data.cfimdb_weight", self.cfimdb_weight, 0.0)
     _at_least("data.tweets_weight", self.tweets_weight, 0.0)
+    if not 0.0 <= self.valid_fraction <= 0.5:
+      _fail("data.valid_fraction", self.valid_fraction, "a fraction in [0, 0.5] (0 = no "
+            "validation split)")
     if len(self.cfimdb_labels) != 2 or not all(0 <= c < 5 for c in self.cfimdb_labels):
       _fail("data.cfimdb_labels", self.cfimdb_labels, "two SST classes (negative, positive)")
     _one_of("data.on_invalid", self.on_invalid, ("raise", "skip"))
@@ -280,6 +284,7 @@ class EvalSettings:
   dtype: str
   write_predictions: bool
   both_orders: bool
+  dev: bool
 
   def __post_init__(self):
     _at_least("eval.batch_size", self.batch_size, 1)

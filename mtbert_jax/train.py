@@ -375,8 +375,11 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
 
   # Data first: a bad file fails before any compilation.
   iterators = _iterators(s, tok, local_batch)
-  dev_sets = experiment.eval_sets(s, tok, "dev", s.train.eval_limit)
-  reversed_dev_sets = experiment.reversed_eval_sets(s, tok, "dev", s.train.eval_limit)
+  # The loop's evaluations (and the best checkpoint) read the validation split if there is
+  # one, else dev.
+  split = experiment.eval_split(s)
+  eval_sets = experiment.eval_sets(s, tok, split, s.train.eval_limit)
+  reversed_eval_sets = experiment.reversed_eval_sets(s, tok, split, s.train.eval_limit)
 
   _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
   params = heads_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
@@ -395,8 +398,8 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
       iterators[task].set_state(it_state)
     best_score, best_step = float(meta["best_score"]), int(meta["best_step"])
     health = _Health(str(ckpts.resume.directory), last_saved=start)
-    log.info("resumed from %s at step %d (best dev average %.4f at step %d)",
-             ckpts.resume.directory, start, best_score, best_step)
+    log.info("resumed from %s at step %d (best %s average %.4f at step %d)",
+             ckpts.resume.directory, start, split, best_score, best_step)
   if jax.process_index() == 0:
     workdir_lib.save_settings(workdir, s)
 
@@ -412,8 +415,8 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     return {"step": step, "iterators": it_states, "best_score": best_score,
             "best_step": best_step, "config": settings_lib.to_dict(s)}
 
-  full_dev = s.train.eval_limit == 0
-  best_dev_results = None  # (step, scores, outputs) of the best full-dev evaluation
+  full_eval = s.train.eval_limit == 0
+  best_results = None  # (step, scores, outputs) of the best evaluation on the whole split
   prefetch = sharding.Prefetcher(iterators, task_schedule(s, iterators), start, num_steps,
                                  sharder)
   windows: list[dict] = []  # per metrics pull: steps, seconds (for train_stats.json)
@@ -463,18 +466,19 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                if k.startswith("loss/") and k != "loss/total"}})
       if evaluate:
         eval_start = time.time()
-        scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), dev_sets,
+        scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), eval_sets,
                                                 s.eval.batch_size, s.eval_buckets, sharder,
-                                                reversed_sets=reversed_dev_sets)
-        dev = tasks_lib.summarize(scores)
-        writer.scalars(step, dev)
-        history.add(step, "dev", dev)
-        score = dev.get("dev/average", float(np.mean(list(scores.values()) or [0.0])))
-        progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in dev.items()))
+                                                split, reversed_eval_sets)
+        evaluated = tasks_lib.summarize(scores, split)
+        writer.scalars(step, evaluated)
+        history.add(step, split, evaluated)
+        score = evaluated.get(f"{split}/average", float(np.mean(list(scores.values()) or [0.0])))
+        progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}"
+                                                    for k, v in evaluated.items()))
         if score > best_score:
           best_score, best_step = score, step
-          ckpts.save_best(step, eval_params(state, s), {"step": step, "dev": dev})
-          best_dev_results = (step, scores, outputs) if full_dev else None
+          ckpts.save_best(step, eval_params(state, s), {"step": step, split: evaluated})
+          best_results = (step, scores, outputs) if full_eval else None
         window_start += time.time() - eval_start  # evaluation is not training throughput
       if save:
         save_start = time.time()
@@ -495,16 +499,15 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   if jax.process_index() == 0:  # loop throughput per metrics window (evaluations excluded)
     workdir_lib.write_json(os.path.join(workdir, "train_stats.json"),
                            {"devices": device_summary(), "windows": windows})
-  log.info("training done: best dev average %.4f at step %d; evaluating it", best_score,
-           best_step)
+  log.info("training done: best %s average %.4f at step %d; evaluating it", split,
+           best_score, best_step)
   _, best_params, _ = ckpt_lib.restore_best_params(s, workdir)
   best_params = sharder.replicate(best_params)
   reuse = None
-  if best_dev_results is not None and best_dev_results[0] == best_step:
-    reuse = best_dev_results[1:]  # same params (restored bit-exact), same dev sets
+  if best_results is not None and best_results[0] == best_step:
+    reuse = {split: best_results[1:]}  # same params (restored bit-exact), same sets
   metrics = eval_lib.evaluate_and_predict(s, workdir, mt_model, best_params, tok, sharder,
-                                          best_step, dev_results=reuse,
-                                          output_fns=output_fns)
+                                          best_step, results=reuse, output_fns=output_fns)
   if s.ckpt.export_hf and jax.process_index() == 0:
     from mtbert_jax import export  # pylint: disable=import-outside-toplevel
     path = export.export(os.path.join(workdir, "hf_encoder"), mt_model.bert_config,

@@ -35,8 +35,8 @@ LOCK_FILE = ".lock"
 
 # Fields that may differ from config.json, per mode (fnmatch patterns over flat names).
 _ALWAYS = ("train.log_every", "train.eval_every", "train.ckpt_every", "train.progress",
-           "eval.batch_size", "eval.dtype", "eval.write_predictions", "ckpt.keep", "ckpt.export_hf",
-           "jax_cache_dir", "data.dir", "data.tfds_dir", "data.*_test")
+           "eval.batch_size", "eval.dtype", "eval.write_predictions", "eval.dev", "ckpt.keep",
+           "ckpt.export_hf", "jax_cache_dir", "data.dir", "data.tfds_dir", "data.*_test")
 FREE = {
     # Resuming continues the same training: only the step budget may grow, and what is
     # logged, saved or evaluated (dev sets and their padding) may change.
