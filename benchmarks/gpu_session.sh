@@ -15,10 +15,17 @@
 #                                           # protocol's budget, in parallel (~500 s)
 #   bash benchmarks/gpu_session.sh core     # probe, bert-base and minilm vs PyTorch (~500 s)
 #   bash benchmarks/gpu_session.sh extra    # attention xla/cudnn, remat, configs/full.py
+#   bash benchmarks/gpu_session.sh verdict  # the verdict protocol (docs/results.md): every
+#                                           # single-task and multitask search row, seed 0,
+#                                           # in parallel, then the selection on validation
+#   bash benchmarks/gpu_session.sh verdict_final  # the chosen rows' seeds 0-4 in parallel,
+#                                           # dev scored once each, the verdict table
 # A session's device time (15 minutes) fits about one part and the machine's start-up:
-# `results` first, then `search`, `core`, `extra`.
+# `verdict` and `verdict_final` on one warm machine (their runs stay under runs/gpu_verdict
+# between the two calls), else `results`, `search`, `core`, `extra`.
 PART=${1:-core}
-case "$PART" in core|extra|results|search) ;; *) echo "usage: $0 core|extra|results|search" >&2; exit 2;; esac
+case "$PART" in core|extra|results|search|verdict|verdict_final) ;;
+  *) echo "usage: $0 core|extra|results|search|verdict|verdict_final" >&2; exit 2;; esac
 
 set -u
 export PYTHONUNBUFFERED=1
@@ -76,7 +83,7 @@ if [ "$PART" = results ] || [ "$PART" = search ]; then
 # 0-2 at the protocol's own budget (2,212 x 32): the recipe search of docs/results.md,
 # continued on the GPU.
 # RESULTS_JOBS runs share the GPU (MiniLM needs a few GiB each), each its own
-# `python -m mtbert_jax.results` invocation into one workdir; the most telling runs come
+# `python -m study.results` invocation into one workdir; the most telling runs come
 # first, so that a timeout leaves those. Only finished runs make the tables
 # ($OUT/results_<part>.md/.json); each run's folder, without checkpoints, is copied to
 # $OUT/runs_<part>/ (for the report, later). The RESULTS_* variables are for a dry run on a
@@ -109,7 +116,7 @@ echo "$LIST" | timeout "$LIMIT" xargs -P "$JOBS" -L 1 bash -c '
   row=$0 seed=$1 tag=${0//\//__}
   case $row in ablation/*) group=ablation;; full) group="final recipe";;
     *) group="recipe search on the winner";; esac
-  python3 -m mtbert_jax.results --rows="$row" --seeds="$seed" --group="$group" \
+  python3 -m study.results --rows="$row" --seeds="$seed" --group="$group" \
     --workdir="$W" --out="$W/out_${tag}_$seed" --baselines= --notes= --nofigures \
     --set=train.num_steps=$STEPS --set=train.batch_size=$BATCH \
     --set=train.eval_every=$STEPS --set=train.ckpt_every=$STEPS \
@@ -122,7 +129,7 @@ printf '%s\n' "Runs of \`bash benchmarks/gpu_session.sh $PART\` ($(date -u +%F),
   "$STEPS optimizer steps of batch $BATCH each (the CPU protocol's budget is 2,212 x 32," \
   "the paper's 1,500 x 64); otherwise \`configs/protocol.py\` (bfloat16, length 128, one" \
   "evaluation after the last step, full dev sets). The JSON has each run's command." > "$W/notes.md"
-python3 -m mtbert_jax.results --tables_only --workdir="$W" --out="$W/tables" --baselines= \
+python3 -m study.results --tables_only --workdir="$W" --out="$W/tables" --baselines= \
   --nofigures --notes="$W/notes.md" > "$W/tables.log" 2>&1 || tail -n 5 "$W/tables.log"
 cp "$W/tables.md" "$OUT/results_$PART.md"
 cp "$W/tables.json" "$OUT/results_$PART.json"
@@ -134,6 +141,52 @@ for d in "$W"/*/seed*; do
     | (cd "$t" && tar xf -)
 done
 mkdir -p "$OUT/runs_$PART" && cp "$W"/*.log "$OUT/runs_$PART/" 2>/dev/null
+fi
+
+if [ "$PART" = verdict ] || [ "$PART" = verdict_final ]; then
+# The protocol of study/verdict.py on the GPU, with the float16-stored checkpoint (so its
+# figures are a verdict of their own, not mixed with the CPU's records). Each run is its
+# own `python -m study.results` invocation into one workdir, VERDICT_JOBS at a time.
+JOBS=${VERDICT_JOBS:-8}
+LIMIT=${VERDICT_TIMEOUT:-500}
+W=$PWD/runs/gpu_verdict
+mkdir -p "$W"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false W CKPT
+run_rows() {  # lines "ROW SEED GROUP" on stdin
+  timeout "$LIMIT" xargs -P "$JOBS" -L 1 bash -c '
+    row=$0 seed=$1 group="$2 $3" tag=${0//\//__}
+    python3 -m study.results --rows="$row" --seeds="$seed" --group="$group" \
+      --workdir="$W/runs" --out="$W/out_${tag}_$seed" --baselines= --notes= --nofigures \
+      --set=model.checkpoint=$CKPT > "$W/${tag}_$seed.log" 2>&1
+    echo "$row seed $seed: exit $? at $(date +%T)"' 2>&1 | tee -a "$OUT/session.txt"
+}
+if [ "$PART" = verdict ]; then
+  SINGLE=$(python3 -c "from configs import protocol; print(' '.join(protocol.SINGLE_TASK))")
+  MULTI="both_t07 both_t07_lr2e-4 both_t07_lr5e-5 prop_both_orders"
+  stamp "verdict search: $(echo $SINGLE $MULTI | wc -w) rows, seed 0, $JOBS at a time"
+  { for r in $MULTI; do echo "$r 0 multitask search"; done
+    for r in $SINGLE; do echo "$r 0 single-task search"; done; } | run_rows
+  python3 - "$W/results.json" $MULTI -- $SINGLE <<'PY'
+import json, sys
+args = sys.argv[2:]
+cut = args.index("--")
+groups = {"multitask search": args[:cut], "single-task search": args[cut + 1:]}
+json.dump({"groups": groups}, open(sys.argv[1], "w"))
+PY
+  python3 -m study.results --tables_only --workdir="$W/runs" --out="$W/results" --baselines= \
+    --nofigures --notes= > "$W/tables.log" 2>&1 || tail -n 5 "$W/tables.log"
+  python3 -m study.verdict --select --workdir="$W/runs" --out="$W/results" --nofigures \
+    --notes= 2>&1 | tail -n 30 | tee -a "$OUT/session.txt"
+else
+  CHOSEN=$(python3 -c "import json; c=json.load(open('$W/results.json'))['selection']; \
+print(' '.join(c[k]['chosen'] for k in ('sst', 'para', 'sts', 'multitask')))")
+  stamp "verdict final rows: $CHOSEN, seeds 0-4"
+  for s in 0 1 2 3 4; do for r in $CHOSEN; do echo "$r $s final rows"; done; done | run_rows
+  python3 -m study.verdict --final --workdir="$W/runs" --out="$W/results" --nofigures \
+    --notes= 2>&1 | tail -n 40 | tee -a "$OUT/session.txt"
+fi
+cp "$W/results.json" "$W/results.md" "$OUT/" 2>/dev/null
+[ -d "$W/results_predictions" ] && cp -r "$W/results_predictions" "$OUT/"
 fi
 
 stamp "done: $PART"

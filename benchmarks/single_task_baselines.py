@@ -1,7 +1,7 @@
 """The plain alternative: three single-task HF PyTorch fine-tunes of the same checkpoint.
 
 What a user could write in an afternoon instead of this project, run on the same data files
-and dev sets, so the results protocol (`python -m mtbert_jax.results`) can put the
+and dev sets, so the results protocol (`python -m study.results`) can put the
 multitask model beside it:
 
 * SST-5: `BertForSequenceClassification` (pooler over [CLS], dropout 0.1, linear to 5
@@ -25,7 +25,7 @@ skipped by both). Test-only dependencies: torch, transformers.
 The output JSON has one entry per task with the dev metric of each seed, the steps, the
 seconds, the machine and the command that made it, written after every run; rerunning with
 the same `--out` (and the same settings: other ones are refused) keeps the runs it holds
-and adds the missing ones, e.g. `--tasks=para --seeds=1`. `mtbert_jax.results` reads it into
+and adds the missing ones, e.g. `--tasks=para --seeds=1`. `study.results` reads it into
 docs/results.json.
 """
 
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mtbert_jax import readers  # pylint: disable=wrong-import-position
 from mtbert_jax import paths  # pylint: disable=wrong-import-position
-from mtbert_jax import results as results_lib  # pylint: disable=wrong-import-position
+from mtbert_jax import runtime  # pylint: disable=wrong-import-position
 
 # task -> (train file, dev file, epochs, num_labels, metric key)
 TASKS = {
@@ -191,7 +191,7 @@ def main(argv=None):
       raise SystemExit(f"--tasks: unknown task {task!r}; expected some of "
                        f"{list(TASKS) + ['sts_zero_shot']}")
   command = " ".join(["single_task_baselines.py"] + list(sys.argv[1:] if argv is None else argv))
-  machine = (f"{results_lib.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
+  machine = (f"{runtime.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
   previous = {}
   if args.out and os.path.isfile(args.out):  # runs finished earlier are kept, not repeated

@@ -1,17 +1,21 @@
 """The results protocol: every row trains with the budget of the single-task baselines.
 
-  python -m mtbert_jax.results --rows=quick,full --seeds=0,1,2    # rows x seeds + the tables
+  python -m study.results --rows=sst/base,both_t07 --seeds=0 --group="..."  # rows x seeds
+  python -m study.verdict --select && python -m study.verdict --final       # the verdict
   python launch.py --config=configs/protocol.py:full --workdir=runs/p/full --config.seed=1
 
 The budget: 2,212 optimizer steps of batch 32 in all tasks together (70,784 training
 examples), the number of steps of the three single-task fine-tunes of
-`benchmarks/single_task_baselines.py` together (SST 3 epochs, Quora 2, STS 3); the embedded
-checkpoint; inputs of up to 128 tokens (as the baselines); the full dev sets, evaluated
-once, after the last step (no selection of a best step on dev); bfloat16 compute with
+`benchmarks/single_task_baselines.py` together (SST 3 epochs, Quora 2, STS 3); a
+single-task row (`sst/...`, `para/...`, `sts/...`) takes its task's share of it. The
+embedded checkpoint; inputs of up to 128 tokens (as the baselines); 10% of each train file
+held out as the validation split, on which every row is scored once after its last step
+(no selection of a best step); dev scored only for the final rows; bfloat16 compute with
 float32 master weights.
 
-ROW is a recipe (the names below) or `ablation/<row>`: a row of `configs/ablation.py` (the
-paper's Figure 3) at this budget. `docs/results.md` has what each row measured.
+ROW is a recipe (the names below), a single-task row (`SINGLE_TASK`) or `ablation/<row>`:
+a row of `configs/ablation.py` (the paper's Figure 3) at this budget. `docs/results.md`
+has what each row measured.
 """
 
 from configs import ablation, base
@@ -20,11 +24,19 @@ NUM_STEPS = 2212
 BATCH = 32
 
 
-def apply_protocol(c):
-  """The protocol's budget, lengths, evaluation and precision (in place)."""
-  c.train.num_steps = NUM_STEPS
+# The validation split carved from each train file (`data.valid_fraction`): every row
+# trains on the other 90% and is compared with the others on it; dev is scored only for
+# the rows reported as final (`python -m study.verdict --final`).
+VALID_FRACTION = 0.1
+
+
+def apply_protocol(c, num_steps: int = NUM_STEPS):
+  """The protocol's budget, split, lengths, evaluation and precision (in place)."""
+  c.train.num_steps = num_steps
   c.train.batch_size = BATCH
-  c.train.eval_every = NUM_STEPS     # one evaluation, after the last step
+  c.train.eval_every = num_steps     # one evaluation, after the last step
+  c.data.valid_fraction = VALID_FRACTION
+  c.eval.dev = False
   c.train.ckpt_every = 500
   c.train.log_every = 50
   c.data.max_length = 128
@@ -150,10 +162,63 @@ FULL = "both_t07"
 RECIPES["full"] = RECIPES[FULL]
 
 
+# Single-task rows: one task alone, at the steps its single-task baseline takes
+# (benchmarks/single_task_baselines.py: SST 3 epochs, Quora 2, STS 3 of the full train
+# files, batch 32), which add up to the protocol's budget.
+SINGLE_TASK_STEPS = {"sst": 801, "para": 844, "sts": 567}
+assert sum(SINGLE_TASK_STEPS.values()) == NUM_STEPS
+
+
+def _single(task: str, **fields):
+  """Task `task` alone: the multitask winner's choices that apply to it (peak rate 1e-4,
+  10% warm-up then linear decay, the checkpoint's mean pooling, head dropout 0.2, a pair
+  task as a cross-encoder over the joint pair without a prompt, evaluated in both orders),
+  plus `fields` (`group__field=value`)."""
+  def row(c):
+    c.train.tasks = (task,)
+    c.optim.lr = 1e-4
+    c.optim.schedule = "linear"
+    c.optim.warmup_steps = SINGLE_TASK_STEPS[task] // 10
+    c.heads.paraphrase = "cross"
+    c.heads.similarity = "cross"
+    c.eval.both_orders = True
+    for key, value in fields.items():
+      group, field = key.split("__")
+      c[group][field] = value
+    return c
+  changes = ", ".join(f"{k.replace('__', '.')}={v!r}" for k, v in fields.items())
+  row.__doc__ = f"{task} alone, {SINGLE_TASK_STEPS[task]} steps" + (
+      f", with {changes}" if changes else " (the single-task centre of the grid)")
+  return row
+
+
+# The single-task grid: the same one-change-at-a-time search around a centre that the
+# multitask recipe had (its rows prop_lr5e-5, prop_lr2e-4, prop_pooler, prop_head_dropout).
+SINGLE_VARIANTS = {
+    "base": {},
+    "lr5e-5": {"optim__lr": 5e-5},
+    "lr2e-4": {"optim__lr": 2e-4},
+    "pooler": {"heads__cls_source": "pooler"},
+    "dropout0.1": {"heads__dropout": 0.1},
+}
+SINGLE_TASK = {f"{task}/{name}": _single(task, **fields)
+               for task in SINGLE_TASK_STEPS for name, fields in SINGLE_VARIANTS.items()}
+# The paraphrase cross-encoder with the paper's prompt (the multitask winner's input).
+SINGLE_TASK["para/prompt"] = _single("para", heads__paraphrase="prompt")
+
+# The multitask winner's peak rate searched as the single-task rows' is.
+RECIPES["both_t07_lr5e-5"] = _with(RECIPES["both_t07"], optim__lr=5e-5)
+RECIPES["both_t07_lr2e-4"] = _with(RECIPES["both_t07"], optim__lr=2e-4)
+
+
 def get_config(row: str = "full"):
+  if row in SINGLE_TASK:
+    task = row.split("/", 1)[0]
+    return apply_protocol(SINGLE_TASK[row](base.get_config()), SINGLE_TASK_STEPS[task])
   if row.startswith("ablation/"):
     return apply_protocol(ablation.apply_row(base.get_config(), row.split("/", 1)[1]))
   if row not in RECIPES:
-    raise ValueError(f"unknown protocol row {row!r}; expected one of {sorted(RECIPES)} or "
-                     f"ablation/<row> with <row> one of {list(ablation.ROWS)}")
+    raise ValueError(f"unknown protocol row {row!r}; expected one of {sorted(RECIPES)}, "
+                     f"a single-task row {sorted(SINGLE_TASK)} or ablation/<row> with <row> "
+                     f"one of {list(ablation.ROWS)}")
   return apply_protocol(RECIPES[row](base.get_config()))

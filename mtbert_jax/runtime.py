@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import platform
 import sys
 
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
@@ -74,3 +75,21 @@ def quiet_library_logs() -> None:
   """Adds the filter to the root logger's handlers (call after absl set them up)."""
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux), else the architecture.
+
+  bfloat16 runs on the CPU differ between CPU models: XLA:CPU multiplies bf16 operands on
+  AMX on an Intel Xeon and on AVX-512 BF16 on an AMD EPYC, kernels that need not
+  accumulate in the same order, so the same code and seed can train to other numbers on
+  the two (docs/results_v1_notes.md has a case). A run names its CPU.
+  """
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()

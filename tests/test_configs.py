@@ -125,9 +125,11 @@ def test_missing_data_file_names_the_flag_and_the_folder(tmp_path):
     experiment.data_path(s, "sst_train")
 
 
-def test_full_is_the_protocol_winner():
+def test_full_is_the_protocol_winner_scored_on_dev():
   from configs import protocol  # pylint: disable=import-outside-toplevel
-  assert _flat(full.get_config()) == _flat(protocol.get_config(protocol.FULL))
+  row = _flat(protocol.get_config(protocol.FULL))
+  assert row["eval.dev"] is False and row["data.valid_fraction"] == 0.1
+  assert _flat(full.get_config()) == {**row, "eval.dev": True}
 
 
 @pytest.mark.parametrize("row,changed", [

@@ -1,4 +1,4 @@
-"""The results protocol's tables (mtbert_jax/results.py) from finished runs' records."""
+"""The results protocol's tables (study/results.py) from finished runs' records."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from mtbert_jax import results
+from mtbert_jax import runtime
+from study import results
 
 
-def _record(workdir, row, seed, sst, para, sts):
+def _record(workdir, row, seed, sst, para, sts, split="dev"):
   out = results.run_dir(str(workdir), row, seed)
   os.makedirs(out)
-  metrics = {"dev/sst_acc": sst, "dev/para_acc": para, "dev/sts_pearson": sts,
-             "dev/average": (sst + para + sts) / 3}
+  metrics = {f"{split}/sst_acc": sst, f"{split}/para_acc": para, f"{split}/sts_pearson": sts,
+             f"{split}/average": (sst + para + sts) / 3}
   with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
     json.dump({"row": row, "seed": seed, "metrics": metrics, "seconds": 60.0 * (seed + 1),
                "command": f"python launch.py --config=configs/protocol.py:{row}",
@@ -45,32 +46,23 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_compared_with_the_baselines
   assert full["dev/sst_acc"]["seeds"] == [0.40, 0.44, 0.42]
   assert full["minutes_per_run"] == pytest.approx(2.0)
   assert out["rows"]["quick"]["dev/para_acc"]["std"] == 0.0   # one seed: no spread
-  # SST: +0.005 against a seed std of 0.02 is not an improvement; STS +0.025 against the
-  # larger of 0.010 and 0.007 is.
   out["baselines"] = _baselines([0.415], [0.81], [0.83, 0.84])
   text = results.markdown(out)
+  assert "## search (dev)" in text
   assert "| quick | 0.300 | 0.700 | 0.800 | 0.600 | 1 | 1 |" in text
   assert "| full | 0.420 ± 0.020 | 0.820 ± 0.020 | 0.860 ± 0.010 |" in text
-  assert "| sst | 0.415 | 0.420 ± 0.020 | +0.005 | 0.020 | no |" in text
-  assert "| sts | 0.835 ± 0.007 | 0.860 ± 0.010 | +0.025 | 0.010 | yes |" in text
-  # Against the group's first row: quick has one seed, so no difference is starred.
-  assert "Differences from `quick`" in text
-  assert "| full | +0.120 | +0.120 | +0.060 | +0.100 | 3 |" in text
+  # The HF PyTorch baselines are shown as an untuned external anchor, not compared.
+  assert "External anchor, untuned" in text
+  assert "| sts | pearson | 0.835 ± 0.007 | 2 | 10 |" in text
 
 
-def test_differences_are_starred_only_beyond_both_rows_seed_spread(tmp_path):
-  for seed, (sst, para, sts) in enumerate([(0.40, 0.80, 0.85), (0.42, 0.82, 0.85)]):
-    _record(tmp_path, "ablation/baseline", seed, sst, para, sts)
-  for seed, (sst, para, sts) in enumerate([(0.44, 0.81, 0.85), (0.46, 0.83, 0.83)]):
-    _record(tmp_path, "ablation/smart", seed, sst, para, sts)
-  out = results.collect(str(tmp_path),
-                        {"groups": {"ablation": ["ablation/baseline", "ablation/smart"]}})
-  text = results.markdown(out)
-  # SST +0.04 against stds 0.014 / 0.014: beyond; Quora +0.01: within; STS -0.01 against
-  # the smart row's std 0.014: within, whatever its sign; average +0.013 against the
-  # baseline's std 0.009: beyond.
-  assert "| ablation/smart | +0.040 * | +0.010 | -0.010 | +0.013 * | 2 |" in text
-  assert "Table 3 (task correlations across these rows) needs 3 rows or more; 2 so far." in text
+def test_rows_scored_on_the_validation_split_get_a_validation_table(tmp_path):
+  _record(tmp_path, "sst/base", 0, 0.45, 0.0, 0.0, split="valid")
+  _record(tmp_path, "both_t07", 0, 0.44, 0.81, 0.85, split="valid")
+  out = results.collect(str(tmp_path), {"groups": {"search": ["sst/base", "both_t07"]}})
+  text = results.markdown(out, "")
+  assert "## search (valid)" in text and "| row | valid SST acc |" in text
+  assert "| both_t07 | 0.440 | 0.810 | 0.850 | 0.700 | 1 |" in text
 
 
 def test_runs_recorded_before_stay_when_a_new_workdir_adds_runs(tmp_path):
@@ -168,39 +160,33 @@ def test_the_command_line_tools_import_together():
   """results, report and analysis share flag names (--workdir, --out, --rows); each
   defines its flags only as the program, so one process (the test session) imports all."""
   import importlib  # pylint: disable=import-outside-toplevel
-  for name in ("results", "report", "analysis"):
-    importlib.import_module(f"mtbert_jax.{name}")
+  for name in ("study.results", "study.verdict", "mtbert_jax.report", "mtbert_jax.analysis"):
+    importlib.import_module(name)
 
 
-def test_the_readme_results_table_is_docs_results():
-  """The README's rows for the final recipe, the rows beside it and the baselines carry
-  the figures of docs/results.json, as `results._cell` writes them."""
+def test_the_readme_says_what_docs_results_holds():
+  """The README's verdict is docs/results.json's: each task's line of the verdict table
+  (as `results.verdict_lines` writes it) when there is a verdict, else the statement that
+  there is none yet; and no claim of the first protocol's kind ("beats the ... baseline")."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(root, "docs", "results.json"), encoding="utf-8") as f:
     table = json.load(f)
   with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-    readme = f.read().splitlines()
-  full = results._protocol().FULL
-
-  def cells(prefix):
-    found = [line for line in readme if line.startswith(prefix)]
-    assert len(found) == 1, f"README: one line starting {prefix!r}, found {len(found)}"
-    return [c.strip() for c in found[0].split("|")[2:6]]
-
-  keys = [key for key, _ in results.METRICS]
-  for prefix, row in ((f"| `configs/full.py` (`{full}`)", full), ("| `cross_prop`", "cross_prop"),
-                      ("| `cross_t2`", "cross_t2"), ("| `sched`", "sched")):
-    assert cells(prefix) == [results._cell(table["rows"][row][k]) for k in keys], row
-  base = table["baselines"]["tasks"]
-  expected = [results._cell(base[t]) for t in ("sst", "para", "sts")]
-  assert cells("| single-task baselines")[:3] == expected
+    readme = f.read()
+  lines = [line for line in results.verdict_lines(table) if line.startswith("| ")][1:]
+  if lines:
+    for line in lines:
+      assert line in readme, line
+  else:
+    assert "the verdict is not yet measured" in readme
+  assert "beats the single-task SST model" not in readme
 
 
 def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_path):
   run = tmp_path / "run"
   run.mkdir()
   assert results.machine(str(run)).endswith(" cores")          # no train_stats.json yet
-  assert results.machine(str(run)).startswith(results.cpu_model() + ", ")  # bf16 depends on it
+  assert results.machine(str(run)).startswith(runtime.cpu_model() + ", ")  # bf16 depends on it
   with open(run / "train_stats.json", "w", encoding="utf-8") as f:
     json.dump({"devices": {"backend": "gpu", "kind": "NVIDIA H200", "count": 1,
                            "processes": 1}, "windows": []}, f)

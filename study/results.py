@@ -1,9 +1,9 @@
 """The results protocol: rows x seeds of `configs/protocol.py`, mean and spread, the tables.
 
-  python -m mtbert_jax.results --rows=quick,full --seeds=0,1,2
-  python -m mtbert_jax.results --rows=ablation/baseline,ablation/smart --seeds=0,1 \\
+  python -m study.results --rows=quick,full --seeds=0,1,2
+  python -m study.results --rows=ablation/baseline,ablation/smart --seeds=0,1 \\
       --group=ablation
-  python -m mtbert_jax.results --tables_only        # rewrite docs/results.* from the runs
+  python -m study.results --tables_only        # rewrite docs/results.* from the runs
 
 Each (row, seed) trains as its own process, the command a user would run:
 `python launch.py --config=configs/protocol.py:ROW --workdir=WORKDIR/ROW/seedK
@@ -34,12 +34,11 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from configs import protocol
 from mtbert_jax import error_analysis
+from mtbert_jax import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
-           ("dev/sts_pearson", "STS r"), ("dev/average", "average"))
-BASELINE_TASKS = {"sst": "dev/sst_acc", "para": "dev/para_acc", "sts": "dev/sts_pearson"}
 
 
 def run_dir(workdir: str, row: str, seed: int) -> str:
@@ -104,27 +103,9 @@ def _record_attempt(run: str, seconds: float) -> list[float]:
   return times
 
 
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo on Linux), else the architecture.
-
-  bfloat16 runs on the CPU differ between CPU models: XLA:CPU multiplies bf16 operands on
-  AMX on an Intel Xeon and on AVX-512 BF16 on an AMD EPYC, kernels that need not
-  accumulate in the same order, so the same code and seed can train to other numbers on
-  the two (docs/results.md has a case). A run names its CPU.
-  """
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def machine(run: str) -> str:
   """This host's CPU and, from the run's train_stats.json, the devices it trained on."""
-  text = f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores"
+  text = f"{runtime.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores"
   stats = os.path.join(run, "train_stats.json")
   if os.path.isfile(stats):
     with open(stats, encoding="utf-8") as f:
@@ -139,7 +120,8 @@ def machine(run: str) -> str:
 def aggregate(runs: list[dict]) -> dict:
   """Per metric: mean, sample standard deviation (ddof 1; 0 for one seed), the values."""
   out = {}
-  for key, _ in METRICS:
+  keys = sorted({k for r in runs for k in r["metrics"] if "/" in k})
+  for key in keys:
     values = [r["metrics"][key] for r in runs if key in r["metrics"]]
     out[key] = {"mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -149,18 +131,10 @@ def aggregate(runs: list[dict]) -> dict:
   return out
 
 
-def _protocol():
-  """configs/protocol.py (the configs folder is beside the package, not inside it)."""
-  sys.path.insert(0, REPO)
-  from configs import protocol  # pylint: disable=import-outside-toplevel
-  return protocol
-
-
 def row_description(row: str) -> str:
-  protocol = _protocol()
   if row.startswith("ablation/"):
     return f"`configs/ablation.py:{row.split('/', 1)[1]}` at the protocol budget"
-  fn = protocol.RECIPES.get(row)
+  fn = protocol.RECIPES.get(row) or protocol.SINGLE_TASK.get(row)
   doc = (fn.__doc__ or "").strip().split("\n\n")[0] if fn is not None else ""
   if row == "full":
     doc = f"= `{protocol.FULL}` (configs/full.py)"
@@ -184,23 +158,41 @@ def _shown(path: str) -> str:
   return path if rel.startswith("..") else rel
 
 
+COLUMNS = (("sst", "sst_acc", "SST acc"), ("para", "para_acc", "Quora acc"),
+           ("sts", "sts_pearson", "STS r"), (None, "average", "average"))
+
+
+def split_of(table: dict, rows: Sequence[str]) -> str:
+  """The split a group's table shows: "valid" when its rows were scored on the validation
+  split (the protocol's selection runs), else "dev" (runs without one)."""
+  keys = {k for r in rows for k in table[r] if "/" in k}
+  return "valid" if any(k.startswith("valid/") for k in keys) else "dev"
+
+
 def markdown(results: dict, notes: str = NOTES, figures: dict | None = None) -> str:
-  """The tables, after the text of `notes` (a markdown file; "" = none); `figures` maps a
-  group to its figure's file name (beside the markdown file), shown under its table."""
-  lines = [f"<!-- Written by `python -m mtbert_jax.results`; edit {_shown(notes)}, "
-           "not this file. -->" if notes else
-           "<!-- Written by `python -m mtbert_jax.results`. -->", "# Results", ""]
+  """docs/results.md: the verdict table first (when there is one), the text of `notes` (a
+  markdown file; "" = none), the selection, the untuned external baselines, then a table a
+  group on the split its rows were scored on; `figures` maps a group to its figure's file
+  name (beside the markdown file), shown under its table."""
+  lines = [f"<!-- Written by `python -m study.results` / `study.verdict`; edit "
+           f"{_shown(notes)}, not this file. -->" if notes else
+           "<!-- Written by `python -m study.results`. -->", "# Results", ""]
+  lines += verdict_lines(results)
   if notes:
     if not os.path.isfile(notes):
       raise FileNotFoundError(f"--notes: {notes} is not a file (the text above the tables; "
                               "'' for none)")
     with open(notes, encoding="utf-8") as f:
       lines += [f.read().strip(), ""]
+  lines += selection_lines(results)
   base = results.get("baselines")
   if base:
-    lines += ["## Single-task baselines (HF PyTorch, float32)", "",
-              "; ".join(f"`{i.get('command', '')}` ({i.get('machine', '')}; {i.get('date', '')})"
-                        for i in base.get("invocations") or [base]) + ".",
+    lines += ["## External anchor, untuned: HF PyTorch single-task fine-tunes (float32)", "",
+              "Not part of the verdict: constant rate 5e-5, BERT's pooler over [CLS], pairs in "
+              "one order, the whole train files (no validation split), dev scored for every "
+              "seed. " + "; ".join(f"`{i.get('command', '')}` ({i.get('machine', '')}; CPU: "
+                                   f"{i.get('cpu_model', 'not recorded')}; {i.get('date', '')})"
+                                   for i in base.get("invocations") or [base]) + ".",
               "", "| baseline | metric | dev, mean ± std | seeds | steps of 32 |",
               "|---|---|---|---|---|"]
     for task, t in base["tasks"].items():
@@ -208,92 +200,83 @@ def markdown(results: dict, notes: str = NOTES, figures: dict | None = None) -> 
       lines.append(f"| {task} | {t['metric']} | {_cell(t)} | {len(t['seeds'])} | {steps} |")
     lines.append("")
   for group, rows in results["groups"].items():
-    lines += [f"## {group}", "",
-              "| row | " + " | ".join(name for _, name in METRICS)
-              + " | seeds | min/run | what |", "|" + "---|" * (len(METRICS) + 4)]
+    split = split_of(results["rows"], rows)
+    lines += [f"## {group} ({split})", "",
+              "| row | " + " | ".join(f"{split} {name}" for _, _, name in COLUMNS)
+              + " | seeds | min/run | what |", "|" + "---|" * (len(COLUMNS) + 4)]
     for row in rows:
       r = results["rows"][row]
-      cells = [_cell(r.get(key)) for key, _ in METRICS]
+      cells = [_cell(r.get(f"{split}/{key}")) for _, key, _ in COLUMNS]
       lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(r['seeds'])} | "
                    f"{r['minutes_per_run']:.0f} | {r['description']} |")
     lines.append("")
     if figures and group in figures:
       lines += [f"![{group}: each row's mean, seed spread and seeds]({figures[group]})", ""]
-    lines += _differences(results["rows"], rows)
     if rows and all(r.startswith("ablation/") for r in rows):
-      lines += _task_correlations(results["rows"], rows)
-  lines += _against_baselines(results)
+      lines += _task_correlations(results["rows"], rows, split)
   return "\n".join(lines)
 
 
-def _difference(row: dict, ref: dict, key: str) -> str:
-  """`row`'s mean minus `ref`'s; starred when larger in size than the larger of the two
-  seed standard deviations (both rows with 2+ seeds: one seed has no spread to read a
-  difference against)."""
-  if key not in row or key not in ref:
-    return "-"
-  diff = row[key]["mean"] - ref[key]["mean"]
-  both = len(row[key]["seeds"]) > 1 and len(ref[key]["seeds"]) > 1
-  beyond = both and abs(diff) > max(row[key]["std"], ref[key]["std"])
-  return f"{diff:+.3f}{' *' if beyond else ''}"
-
-
-def _differences(table: dict, rows: list[str]) -> list[str]:
-  """Each row of a group against the group's first row (its reference: `sched` for the
-  recipe search, `ablation/baseline` for the ablation), so that each delta can be read
-  against the seed noise."""
-  if len(rows) < 2:
+def verdict_lines(results: dict) -> list[str]:
+  """The verdict table (study/verdict.py's "verdict" record): per task, the multitask row
+  against the chosen single-task row on dev, the difference with its 95% interval and
+  Welch's test; a difference is called only where the interval excludes 0."""
+  v = results.get("verdict")
+  if not v or not v.get("tasks"):
     return []
-  ref = table[rows[0]]
-  lines = [f"Differences from `{rows[0]}` (mean minus mean; * where larger than the larger "
-           "seed std of the two rows, both with 2+ seeds):", "",
-           "| row | " + " | ".join(name for _, name in METRICS) + " | seeds |",
-           "|" + "---|" * (len(METRICS) + 2)]
-  for row in rows[1:]:
-    cells = [_difference(table[row], ref, key) for key, _ in METRICS]
-    lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(table[row]['seeds'])} |")
+  lines = [f"## Verdict: one multitask model (`{v['multitask']}`) against the best single-task "
+           "model of each task", "",
+           f"Dev sets, scored once for these rows only; rows chosen on the validation split "
+           f"(below). Interval: {v['confidence']:.0%} percentile bootstrap over dev examples "
+           f"(paired) and seeds, {v['bootstrap_samples']:,} replicates "
+           f"(`mtbert_jax/compare.py`). {v['machine']}, {v['date']}.", "",
+           "| task | single-task row | single-task, mean ± sd | multitask, mean ± sd | "
+           "difference [95% interval] | Welch p | seeds | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+  for task, t in v["tasks"].items():
+    single, multi = np.asarray(t["single_task"]), np.asarray(t["multitask"])
+    sd = lambda x: f" ± {np.std(x, ddof=1):.3f}" if len(x) > 1 else ""  # noqa: E731
+    p = "-" if t["welch_p"] != t["welch_p"] else f"{t['welch_p']:.3f}"
+    lines.append(f"| {task} ({t['metric']}) | `{t['single']}` | {single.mean():.3f}{sd(single)} | "
+                 f"{multi.mean():.3f}{sd(multi)} | {t['difference']:+.4f} "
+                 f"[{t['low']:+.4f}, {t['high']:+.4f}] | {p} | "
+                 f"{len(multi)} / {len(single)} | {t['verdict']} |")
   return lines + [""]
 
 
-def _task_correlations(table: dict, rows: list[str]) -> list[str]:
+def selection_lines(results: dict) -> list[str]:
+  """Which rows were compared for each choice, on which split and metric, and the choice."""
+  chosen = results.get("selection")
+  if not chosen:
+    return []
+  lines = [f"## Selection on the validation split ({chosen.get('date', '')})", "",
+           "| choice | metric | rows compared (mean over their seeds then) | chosen |",
+           "|---|---|---|---|"]
+  for name, c in chosen.items():
+    if not isinstance(c, dict):
+      continue
+    compared = ", ".join(f"`{r}` {v:.4f}" for r, v in sorted(c["compared"].items(),
+                                                             key=lambda kv: -kv[1]))
+    lines.append(f"| {name} | {c['metric']} | {compared} | `{c['chosen']}` |")
+  return lines + [""]
+
+
+def _task_correlations(table: dict, rows: list[str], split: str) -> list[str]:
   """The paper's Table 3 at the protocol budget: Pearson correlation of the three tasks'
-  dev metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
-  keys = list(BASELINE_TASKS.values())
+  metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
+  keys = [f"{split}/{key}" for task, key, _ in COLUMNS if task]
   points = [{k: table[r][k]["mean"] for k in keys if k in table[r]} for r in rows]
   corr, n = error_analysis.correlation_table(points, keys)
   if n < 3:
     return [f"Table 3 (task correlations across these rows) needs 3 rows or more; {n} so far.",
             ""]
-  names = list(BASELINE_TASKS)
-  lines = [f"Table 3 at this budget: Pearson correlation of the tasks' dev metrics across "
-           f"the {n} rows above (each row's mean over its seeds).", "",
+  names = [task for task, _, _ in COLUMNS if task]
+  lines = [f"Table 3 at this budget: Pearson correlation of the tasks' {split} metrics "
+           f"across the {n} rows above (each row's mean over its seeds).", "",
            "|  | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for i, name in enumerate(names):
     lines.append(f"| {name} | " + " | ".join("-" if np.isnan(v) else f"{v:.2f}"
                                              for v in corr[i]) + " |")
-  return lines + [""]
-
-
-def _against_baselines(results: dict) -> list[str]:
-  """The final recipe's row against each single-task baseline: the difference of the means
-  and whether it exceeds the larger of the two seed standard deviations (the issue's bar
-  for a claimed improvement)."""
-  base = results.get("baselines")
-  name = "full" if "full" in results["rows"] else _protocol().FULL
-  row = results["rows"].get(name)
-  if not base or row is None:
-    return []
-  lines = [f"## The final recipe (`{name}`) against the single-task baselines", "",
-           "| task | baseline | multitask | difference | larger std | beats it by more |",
-           "|---|---|---|---|---|---|"]
-  for task, key in BASELINE_TASKS.items():
-    t = base["tasks"].get(task)
-    if t is None or key not in row:
-      continue
-    diff = row[key]["mean"] - t["mean"]
-    spread = max(row[key]["std"], t["std"])
-    lines.append(f"| {task} | {_cell(t)} | {_cell(row[key])} | {diff:+.3f} | {spread:.3f} | "
-                 f"{'yes' if diff > spread else 'no'} |")
   return lines + [""]
 
 
@@ -328,6 +311,9 @@ def collect(workdir: str, previous: dict, source: str = "the previous results") 
   for key in sorted(runs):
     rows.setdefault(key[0], []).append(runs[key])
   out = {"protocol": "configs/protocol.py", "rows": {}, "groups": previous.get("groups", {})}
+  for key in ("selection", "verdict"):  # study/verdict.py's records
+    if key in previous:
+      out[key] = previous[key]
   for row, row_runs in rows.items():
     out["rows"][row] = dict(aggregate(row_runs), description=row_description(row),
                             commands=[r["command"] for r in row_runs],
@@ -345,47 +331,55 @@ def figure_name(out: str, group: str) -> str:
 def figure_results(plt, table: dict, rows: Sequence[str], baselines: dict | None,
                    path: str, title: str) -> str:
   """The results protocol's rows of one group (docs/results.json's "rows"), a panel a
-  metric: each row's mean (a diamond) with its seed standard deviation as an error bar and
-  each seed as a dot, the group's first row (its reference) as a dotted line and each
+  metric with the rows that have it (a single-task row appears on its task's panel only):
+  each row's mean (a diamond) with its seed standard deviation as an error bar and each
+  seed as a dot, the panel's first row (its reference) as a dotted line and, on dev, each
   single-task baseline's mean as a dashed one. The ablation group's figure is the paper's
   Figure 3 with the seed noise in view."""
-  fig, axes = plt.subplots(1, len(METRICS), figsize=(3.1 * len(METRICS), 0.45 * len(rows) + 1.6),
-                           sharey=True)
-  y = np.arange(len(rows))[::-1]
-  for a, (key, name) in zip(axes, METRICS):
-    stats = [table[r].get(key) for r in rows]
-    means = np.array([s["mean"] if s else np.nan for s in stats])
-    stds = np.array([s["std"] if s else 0.0 for s in stats])
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+  split = split_of(table, rows)
+  panels = [(task, key, name, [r for r in rows if f"{split}/{key}" in table[r]])
+            for task, key, name in COLUMNS]
+  panels = [p for p in panels if p[3]]
+  most = max(len(p[3]) for p in panels)
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 0.45 * most + 1.8),
+                           squeeze=False)
+  for a, (task, key, name, shown) in zip(axes[0], panels):
+    stats = [table[r][f"{split}/{key}"] for r in shown]
+    y = np.arange(len(shown))[::-1]
+    means = np.array([s["mean"] for s in stats])
+    stds = np.array([s["std"] for s in stats])
     a.errorbar(means, y, xerr=stds, fmt="D", color="black", ms=5, capsize=3,
                label="mean ± seed std")
     for yi, s in zip(y, stats):
-      if s:
-        a.plot(s["seeds"], [yi] * len(s["seeds"]), "o", color="#3182bd", ms=3, alpha=0.8,
-               label="one seed")
+      a.plot(s["seeds"], [yi] * len(s["seeds"]), "o", color="#3182bd", ms=3, alpha=0.8,
+             label="one seed")
     a.grid(axis="x", alpha=0.3)
-    if np.isfinite(means[0]):
-      a.axvline(means[0], color="grey", ls=":", lw=1, label=f"{rows[0]} (reference)")
-    task = next((t for t, k in BASELINE_TASKS.items() if k == key), None)
-    base = (baselines or {}).get("tasks", {}).get(task) if task else None
+    a.axvline(means[0], color="grey", ls=":", lw=1, label="the panel's first row")
+    # The untuned external baselines were scored on dev: a line only on dev panels.
+    base = (baselines or {}).get("tasks", {}).get(task) if task and split == "dev" else None
     if base:
       a.axvline(base["mean"], color="#e6550d", ls="--", lw=1, label="single-task baseline")
     # The differences, not the values from zero, are what matter: the axis spans the
     # values (seeds, error bars, baseline) with a margin.
-    values = [v for s in stats if s for v in (*s["seeds"], s["mean"] - s["std"],
-                                              s["mean"] + s["std"])]
+    values = [v for s in stats for v in (*s["seeds"], s["mean"] - s["std"],
+                                         s["mean"] + s["std"])]
     values += [base["mean"]] if base else []
     low, high = min(values), max(values)
     pad = 0.15 * max(high - low, 0.01)
     a.set_xlim(low - pad, high + pad)
-    a.set(xlabel=f"dev {name}", yticks=y, yticklabels=rows)
+    a.set_ylim(-0.6, len(shown) - 0.4)
+    a.xaxis.set_major_locator(ticker.MaxNLocator(4))
+    a.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3f"))
+    a.set(xlabel=f"{split} {name}", yticks=y, yticklabels=shown)
   handles = {}
-  for a in axes:
+  for a in axes[0]:
     for h, l in zip(*a.get_legend_handles_labels()):
       handles.setdefault(l, h)
   fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
              fontsize=8, frameon=False)
   fig.suptitle(title)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  fig.tight_layout(rect=(0, 0.1, 1, 1))
   fig.savefig(path, metadata={"Software": None})
   plt.close("all")
   return path
@@ -401,7 +395,8 @@ def draw_figures(out: str, results: dict) -> dict[str, str]:
     if rows:
       names[group] = figure_name(out, group)
       figure_results(plt, results["rows"], rows, results.get("baselines"),
-                     os.path.join(folder, names[group]), f"{group}: dev metrics")
+                     os.path.join(folder, names[group]),
+                     f"{group}: {split_of(results['rows'], rows)} metrics")
   # A group that no longer has rows leaves no figure behind (files named as figure_name
   # names them only: another --out's figures beside these have a "_" in the slug's place).
   stale = re.compile(re.escape(os.path.basename(out)) + r"_[a-z0-9]+(-[a-z0-9]+)*\.png")
@@ -424,13 +419,15 @@ UNFILED = "rows in no group"
 
 
 def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
-           baselines: dict | None = None, figures: bool = False) -> tuple[dict, dict]:
+           baselines: dict | None = None, figures: bool = False,
+           extra: dict | None = None) -> tuple[dict, dict]:
   """Rewrites OUT.json and OUT.md (and with `figures` the groups' figures) from OUT.json as
   it is now and the runs under `workdir`, filing each row of `filed` under its group (moved
   from any other group; rows without a finished run are left out of the groups, rows of
   runs filed nowhere go under UNFILED). Holds an exclusive lock on OUT.lock throughout, so
   that invocations running side by side into one OUT add to each other's tables instead
-  of writing over them. (results, figures)."""
+  of writing over them. `extra`: top-level records to set (study/verdict.py's "selection"
+  and "verdict"). (results, figures)."""
   with open(out + ".lock", "a", encoding="utf-8") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     previous = {}
@@ -456,6 +453,7 @@ def update(out: str, workdir: str, filed: dict[str, str], notes: str = NOTES,
       if row not in grouped:
         results["groups"].setdefault(UNFILED, []).append(row)
     results["baselines"] = baselines
+    results.update(extra or {})
     names = draw_figures(out, results) if figures else {}
     write(out, results, notes, names)
   return results, names
@@ -479,7 +477,8 @@ def main(argv):
       for seed in _SEEDS.value:
         result = run_one(workdir, row, int(seed), _SET.value)
         print(f"{row} seed {seed}: " + ", ".join(
-            f"{k}={result['metrics'][k]:.4f}" for k, _ in METRICS), flush=True)
+            f"{k}={v:.4f}" for k, v in sorted(result["metrics"].items()) if "/" in k),
+            flush=True)
         # The tables after every run, so a long invocation shows what it has so far.
         update(out, workdir, filed, _NOTES.value, _read_baselines())
   results, figures = update(out, workdir, filed, _NOTES.value, _read_baselines(),

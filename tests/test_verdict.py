@@ -1,0 +1,103 @@
+"""The verdict protocol (study/verdict.py): selection on the validation split only, dev
+predictions filed per run, the verdict table from them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from study import results
+from study import verdict
+
+
+def _run(workdir, row, seed, metrics):
+  out = results.run_dir(str(workdir), row, seed)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
+    json.dump({"row": row, "seed": seed, "metrics": metrics, "seconds": 60.0, "extra": [],
+               "command": f"python launch.py --config=configs/protocol.py:{row}",
+               "finished": "2026-12-07T00:00:00+00:00", "machine": "m"}, f)
+  return out
+
+
+def _search(tmp_path):
+  """Seed-0 search runs with validation metrics, and dev metrics that would choose
+  otherwise (selection must not read them)."""
+  valid = {"sst/base": 0.50, "sst/lr2e-4": 0.52, "para/base": 0.80, "para/prompt": 0.79,
+           "sts/base": 0.86, "sts/pooler": 0.85}
+  for row, v in valid.items():
+    task = row.split("/")[0]
+    key = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}[task]
+    _run(tmp_path, row, 0, {f"valid/{key}": v, f"dev/{key}": 1 - v})
+  for row, avg in (("both_t07", 0.72), ("both_t07_lr2e-4", 0.71)):
+    _run(tmp_path, row, 0, {"valid/average": avg, "dev/average": 1 - avg})
+  groups = {verdict.SINGLE_GROUP: list(valid), verdict.MULTI_GROUP: ["both_t07",
+                                                                    "both_t07_lr2e-4"]}
+  return results.collect(str(tmp_path), {"groups": groups})
+
+
+def test_selection_reads_the_validation_split_only(tmp_path):
+  chosen = verdict.select(_search(tmp_path))
+  assert {t: chosen[t]["chosen"] for t in ("sst", "para", "sts", "multitask")} == {
+      "sst": "sst/lr2e-4", "para": "para/base", "sts": "sts/base", "multitask": "both_t07"}
+  assert chosen["sst"]["metric"] == "valid/sst_acc"
+  assert chosen["sst"]["compared"] == {"sst/base": 0.50, "sst/lr2e-4": 0.52}
+  assert chosen["multitask"]["metric"] == "valid/average"
+
+
+def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
+  folder = str(tmp_path / "predictions")
+  rng = np.random.default_rng(0)
+  labels = {"sst": rng.integers(0, 5, 500), "para": rng.integers(0, 2, 800),
+            "sts": rng.uniform(0, 5, 300)}
+  ids = {t: [f"{t}{i}" for i in range(len(v))] for t, v in labels.items()}
+  monkeypatch.setattr(verdict, "gold", lambda task, s: (labels[task],
+                                                         verdict._ids_digest(ids[task])))  # pylint: disable=protected-access
+
+  def outputs(task, quality):
+    y = labels[task]
+    if task == "sst":   # logits whose argmax is right with probability `quality`
+      pred = np.where(rng.random(len(y)) < quality, y, (y + 1) % 5)
+      return np.eye(5)[pred]
+    if task == "para":  # a logit whose sign is right with probability `quality`
+      right = rng.random(len(y)) < quality
+      return np.where(right == (y == 1), 1.0, -1.0)
+    return y + rng.normal(scale=1 - quality, size=len(y))
+
+  work = tmp_path / "runs"
+  rows = {"multi": ("both_t07", {"sst": 0.6, "para": 0.8, "sts": 0.8}),
+          "sst": ("sst/lr2e-4", {"sst": 0.45}), "para": ("para/base", {"para": 0.8}),
+          "sts": ("sts/base", {"sts": 0.5})}
+  for row, quality in rows.values():
+    for seed in range(3):
+      out = _run(work, row, seed, {"dev/x": 0.0})
+      os.makedirs(os.path.join(out, "predictions"))
+      arrays = {}
+      for task, q in quality.items():
+        arrays[f"{task}/ids"] = np.asarray(ids[task])
+        arrays[f"{task}/outputs"] = outputs(task, q)
+      np.savez(os.path.join(out, "predictions", "dev-outputs.npz"), **arrays)
+      verdict.file_predictions(out, row, seed, folder)
+  table = results.collect(str(work), {})
+  table["selection"] = {
+      name: {"chosen": row, "metric": "valid/x", "compared": {row: 0.5}}
+      for name, row in (("multitask", "both_t07"), ("sst", "sst/lr2e-4"),
+                        ("para", "para/base"), ("sts", "sts/base"))}
+  v = verdict.verdict(table, folder, samples=500)
+  # SST: 0.60 against 0.45 planted (better); Quora: the same quality (within noise); STS:
+  # noise sd 0.2 against 0.5 (better).
+  assert v["tasks"]["sst"]["verdict"] == "better" and v["tasks"]["sst"]["low"] > 0
+  assert v["tasks"]["para"]["verdict"] == "within noise"
+  assert v["tasks"]["sts"]["verdict"] == "better"
+  assert v["tasks"]["sst"]["seeds_multitask"] == [0, 1, 2]
+  table["verdict"] = v
+  text = results.markdown(table, "")
+  assert text.split("\n## ")[1].startswith("Verdict")      # the opening table
+  assert "| sst (dev/sst_acc) | `sst/lr2e-4` |" in text and "| better |" in text
+  # Predictions of other dev rows than the ones read now are refused.
+  monkeypatch.setattr(verdict, "gold", lambda task, s: (labels[task], "another digest"))
+  with pytest.raises(ValueError, match="not of the dev rows read now"):
+    verdict.verdict(table, folder, samples=100)
