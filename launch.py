@@ -3,10 +3,14 @@
   python launch.py --config=configs/quick.py --workdir=runs/quick            # train + eval
   python launch.py --config=configs/quick.py --workdir=runs/quick --mode=eval
   python launch.py --config=configs/full.py --workdir=runs/full --config.train.num_steps=3000
+  python launch.py --workdir=runs/quick --mode=export --export_dir=runs/quick-export
 
 Modes: train (train or resume, then evaluate the best checkpoint on dev and write the
 prediction files), eval (restore the best checkpoint: dev metrics, metrics.json and
-prediction files), predict (restore the best checkpoint: prediction files only, no scoring).
+prediction files), predict (restore the best checkpoint: prediction files only, no scoring),
+export (the best checkpoint as one folder per task that transformers / sentence-transformers
+load without this project, into --export_dir, an empty or missing folder; --onnx adds ONNX
+graphs; --config is optional, the workdir's config.json is used).
 Any config field can be set with --config.GROUP.FIELD=VALUE; configs/base.py lists every
 field with its meaning (the list is also at the end of --help).
 
@@ -34,9 +38,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, e.g. configs/full.py or configs/ablation.py:smart",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics, predictions")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
                           "train (then eval + predict) | eval: restore the best checkpoint, "
-                          "dev metrics + predictions | predict: predictions only")
+                          "dev metrics + predictions | predict: predictions only | export: "
+                          "one transformers / sentence-transformers folder per task")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=export: an empty or missing "
+                                  "folder for the exported model (default WORKDIR/export)")
+_ONNX = flags.DEFINE_bool("onnx", False, "--mode=export: also write each folder's ONNX graph "
+                          '(pip install -e ".[onnx]")')
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "call jax.distributed.initialize() before anything else")
 
@@ -94,7 +103,9 @@ def _help() -> str:
   lines = [__doc__.strip(), "", "Flags:",
            "  --config=FILE[:ARG]   the experiment config (required)",
            "  --workdir=DIR         the run's folder (required)",
-           "  --mode=train|eval|predict   (default train)",
+           "  --mode=train|eval|predict|export   (default train)",
+           "  --export_dir=DIR      --mode=export: an empty or missing folder (WORKDIR/export)",
+           "  --onnx                --mode=export: also write ONNX graphs",
            "  --multihost           initialise JAX's multi-process runtime first", "",
            "Config fields (configs/base.py; set with --config.GROUP.FIELD=VALUE):"]
   with open(os.path.join(here, "configs", "base.py"), encoding="utf-8") as f:
@@ -112,20 +123,32 @@ def _help() -> str:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]} (flags are written --name=value)")
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if (_CONFIG.value is None and _MODE.value != "export") or not _WORKDIR.value:
     _fail("--config and --workdir are required, e.g. python launch.py "
           "--config=configs/quick.py --workdir=runs/quick (python launch.py --help)")
   runtime.quiet_library_logs()
   import jax  # pylint: disable=import-outside-toplevel
   # pylint: disable=import-outside-toplevel
-  from mtbert_jax import checkpoint, console, evaluate, readers, settings, train, workdir
+  from mtbert_jax import checkpoint, console, evaluate, export, readers, settings, train, workdir
   if _MULTIHOST.value:
     _initialize_distributed(jax)
   user_errors = (settings.ConfigError, workdir.WorkdirError, checkpoint.CheckpointError,
                  readers.DataError, train.TrainingStopped, FileNotFoundError,
-                 IsADirectoryError)
+                 IsADirectoryError, export.ExportError)
   try:
-    s = settings.from_dict(_CONFIG.value.to_dict())  # the config crosses into typed settings
+    s = None
+    if _CONFIG.value is not None:  # the config crosses into typed settings
+      s = settings.from_dict(_CONFIG.value.to_dict())
+    if _MODE.value == "export":
+      try:
+        result = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, s, onnx=_ONNX.value)
+      except ImportError as e:  # --onnx without the [onnx] extra
+        _fail(str(e), 1)
+      for task, folder in result.folders.items():
+        print(f"{task}: {folder} ({result.forms[task].replace('_', ' ')})")
+      for task, reason in result.refused.items():
+        print(f"{task}: not exported: {reason}")
+      return
     if s.jax_cache_dir:
       jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

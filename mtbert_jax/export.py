@@ -1,65 +1,55 @@
-"""The fine-tuned encoder as a folder that both HF transformers and sentence-transformers load.
+"""A trained run as folders that the PyTorch ecosystem loads without mtbert_jax.
 
-`export(out_dir, ...)` writes the HF `BertModel` folder (`convert.save_pretrained`:
-model.safetensors, config.json, tokenizer files) plus the sentence-transformers files that
-describe how the run made a sentence vector from it: `modules.json` (Transformer, Pooling,
-and for `cls_source="pooler"` a Dense layer with tanh holding BERT's pooler weights),
-`sentence_bert_config.json` (the run's max length), `1_Pooling/config.json` (mean of the
-tokens, or the [CLS] token) and a model card `README.md` (base checkpoint, tasks, data,
-settings, dev metrics, command). `SentenceTransformer(out_dir).encode(texts)` then gives
+`export(out_dir, ...)` writes the fine-tuned encoder alone (`--config.ckpt.export_hf`): the
+HF `BertModel` folder (`convert.save_pretrained`) plus the sentence-transformers files that
+describe how the run made a sentence vector from it (`export_heads.write_sentence_transformer`:
+Transformer, Pooling, and for `cls_source="pooler"` a Dense layer with tanh holding BERT's
+pooler), and a model card. `SentenceTransformer(out_dir).encode(texts)` then gives
 `MultitaskModel.vector` of those texts: the vector the task heads read.
+
+`export_workdir(workdir, out_dir)` (`--mode=export`) writes the whole model of a finished
+run's best checkpoint: one folder per trained task in the standard form of its head
+(`export_heads`: transformers sequence classification, CrossEncoder, or SentenceTransformer
+plus head weights), each with a model card (`export_card`), optionally with ONNX graphs
+(`export_onnx`). The target must be an empty or missing folder; the export is written to a
+temporary sibling and renamed into place when complete, so no partial export looks finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
-import numpy as np
-from safetensors.numpy import save_file
+import jax
 
-from mtbert_jax import convert
+from mtbert_jax import checkpoint as ckpt_lib
+from mtbert_jax import experiment
+from mtbert_jax import export_card
+from mtbert_jax import export_heads
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
 
 
-def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2)
+class ExportError(ValueError):
+  """An export target that is not an empty or missing folder, or nothing to export."""
 
 
 def export(out_dir: str, bert_config, bert_params: dict, cls_source: str,
            s: settings_lib.Settings, metrics: dict[str, Any] | None = None,
            vocab_from: str | None = None) -> str:
   """Writes the HF + sentence-transformers folder of a fine-tuned encoder."""
-  if cls_source not in ("mean", "hidden", "pooler"):
-    raise ValueError(f"cls_source={cls_source!r}: resolve 'auto' first")
-  convert.save_pretrained(out_dir, bert_config, bert_params, vocab_from=vocab_from)
-  hidden = bert_config.hidden_size
-  modules = [{"idx": 0, "name": "0", "path": "",
-              "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling",
-              "type": "sentence_transformers.models.Pooling"}]
-  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), {
-      "word_embedding_dimension": hidden, "pooling_mode_cls_token": cls_source != "mean",
-      "pooling_mode_mean_tokens": cls_source == "mean", "pooling_mode_max_tokens": False,
-      "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-      "pooling_mode_lasttoken": False, "include_prompt": True})
-  if cls_source == "pooler":  # BERT's pooler: dense + tanh over [CLS]
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense",
-                    "type": "sentence_transformers.models.Dense"})
-    _write_json(os.path.join(out_dir, "2_Dense", "config.json"), {
-        "in_features": hidden, "out_features": hidden, "bias": True,
-        "activation_function": "torch.nn.modules.activation.Tanh"})
-    dense = bert_params["pooler"]["dense"]
-    save_file({"linear.weight": np.ascontiguousarray(np.asarray(dense["kernel"], np.float32).T),
-               "linear.bias": np.asarray(dense["bias"], np.float32)},
-              os.path.join(out_dir, "2_Dense", "model.safetensors"))
-  _write_json(os.path.join(out_dir, "modules.json"), modules)
-  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
-              {"max_seq_length": s.data.max_length, "do_lower_case": False})
+  run = export_heads.Run(bert_config, {"bert": bert_params},
+                         dataclasses.replace(s.heads, cls_source=cls_source),
+                         s.data.max_length, vocab_from)
+  export_heads.write_sentence_transformer(out_dir, run)
   with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
     f.write(model_card(s, cls_source, metrics or {}))
   return out_dir
@@ -109,3 +99,110 @@ vectors = model.encode(["A man is playing a guitar.", "A man plays guitar."])
 
 The task heads are not part of this folder (they live in the run's orbax checkpoint).
 """
+
+
+# ------------------------------------------------------------------------------------------
+# The whole model of a run: one folder per task.
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+  """What an export wrote: per task its folder and form; per refused task the reason."""
+  out_dir: str
+  folders: dict[str, str]
+  forms: dict[str, str]
+  refused: dict[str, str]
+  onnx: dict[str, str]
+
+
+def check_target(out_dir: str) -> None:
+  """Refuses a target that exists and is not an empty folder."""
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise ExportError(f"export target {out_dir} is a file, not a folder: name an empty or "
+                      "missing folder")
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise ExportError(f"export target {out_dir} is not empty: name an empty or missing folder")
+
+
+def _files(folder: str) -> str:
+  names = sorted(os.path.relpath(os.path.join(root, name), folder)
+                 for root, _, files in os.walk(folder) for name in files)
+  return ", ".join(f"`{n}`" for n in names if n != "README.md")
+
+
+def export_run(out_dir: str, mt_model, params: Any, s: settings_lib.Settings,
+               metrics: dict[str, Any] | None = None, tasks: tuple[str, ...] | None = None,
+               onnx: bool = False) -> Exported:
+  """Writes one folder per task of `tasks` (default: the run's evaluated tasks) for the
+  model `mt_model` with `params`, into the empty or missing folder `out_dir`, atomically.
+
+  A head with no standard form is left out with its reason (`Exported.refused`, the index
+  README.md and a warning); with no task left, ExportError."""
+  check_target(out_dir)
+  tasks = experiment.evaluated_tasks(s) if tasks is None else tasks
+  heads = mt_model.heads
+  forms, refused = {}, {}
+  for task in tasks:
+    try:
+      forms[task] = export_heads.head_form(task, heads)
+    except export_heads.ExportRefused as e:
+      refused[task] = str(e)
+      log.warning("not exporting the %s head: %s", task, e)
+  if not forms:
+    raise ExportError("no head of this run has a standard form to export: "
+                      + "; ".join(f"{t}: {r}" for t, r in refused.items()))
+  run = export_heads.Run(mt_model.bert_config, jax.device_get(params), heads,
+                         s.data.max_length, s.model.checkpoint or None)
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-",
+                         dir=parent)
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+    folders, graphs = {}, {}
+    for task, form in forms.items():
+      name = export_heads.TASK_FOLDERS[task]
+      folder = export_heads.write_task(os.path.join(tmp, name), task, form, run)
+      if onnx:
+        from mtbert_jax import export_onnx  # pylint: disable=import-outside-toplevel
+        graphs[task] = os.path.join(out_dir, name, os.path.relpath(
+            export_onnx.write_onnx(folder, task, form), folder))
+      card = export_card.task_card(task, form, s, heads, metrics or {},
+                                   export_heads.prompt_of(task, heads), _files(folder))
+      with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+      folders[task] = os.path.join(out_dir, name)
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+      f.write(export_card.index({t: (export_heads.TASK_FOLDERS[t], forms[t]) for t in forms},
+                                refused))
+    if os.path.isdir(out_dir):
+      os.rmdir(out_dir)  # empty (checked above); fails if something appeared since
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return Exported(out_dir, folders, forms, refused, graphs)
+
+
+def export_workdir(workdir: str, out_dir: str | None = None,
+                   s: settings_lib.Settings | None = None, onnx: bool = False) -> Exported:
+  """`--mode=export`: the best checkpoint of `workdir` as one folder per trained task in
+  `out_dir` (default `WORKDIR/export`), with the metrics of its `metrics.json`. `s`, when
+  given, must agree with the trained settings (as for `--mode=eval`)."""
+  workdir = workdir_lib.prepare(workdir, create=False)
+  out_dir = out_dir or os.path.join(workdir, "export")
+  check_target(out_dir)
+  with workdir_lib.lock(workdir, "export"):
+    if s is None:
+      s = workdir_lib.load_settings(workdir)
+    else:
+      workdir_lib.check_contract(workdir, s, "eval")
+    mt_model, params, _ = ckpt_lib.restore_best_params(s, workdir)
+    metrics = {}
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    return export_run(out_dir, mt_model, params, s, metrics, onnx=onnx)
