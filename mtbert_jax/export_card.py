@@ -19,6 +19,8 @@ from mtbert_jax.export_heads import SENTIMENT_LABELS
 _TASKS = {"sst": "SST-5 sentiment (5 classes)", "para": "Quora paraphrase detection",
           "sts": "SemEval STS similarity (0-5)", "nli": "supervised SimCSE on NLI triplets"}
 _EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
+_DOMAIN = ("- Trained on the CS224N course data (movie-review sentences, Quora questions, news "
+           "and\n  forum STS pairs), English, uncased; other domains are untested.")
 
 _FRONT = {
     "sequence_classification": ("transformers", "text-classification", "transformers"),
@@ -182,8 +184,7 @@ Files: {files}
 
 ## Limitations
 
-{order_note}{pretraining}- Trained on the CS224N course data (movie-review sentences, Quora questions, news and
-  forum STS pairs), English, uncased; other domains are untested.
+{order_note}{pretraining}{_DOMAIN}
 """
 
 
