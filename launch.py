@@ -120,6 +120,20 @@ def _help() -> str:
   return "\n".join(lines)
 
 
+def _export(s) -> None:
+  """--mode=export: the folders it wrote, and each head it could not export with the reason."""
+  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import export, export_card
+  try:
+    result = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, s, onnx=_ONNX.value)
+  except ImportError as e:  # --onnx without the [onnx] extra
+    _fail(str(e), 1)
+  for task, folder in result.folders.items():
+    print(f"{task}: {folder} ({export_card.describe(task, result.forms[task])})")
+  for task, reason in result.refused.items():
+    print(f"{task}: not exported: {reason}")
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]} (flags are written --name=value)")
@@ -140,15 +154,7 @@ def main(argv):
     if _CONFIG.value is not None:  # the config crosses into typed settings
       s = settings.from_dict(_CONFIG.value.to_dict())
     if _MODE.value == "export":
-      try:
-        result = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, s, onnx=_ONNX.value)
-      except ImportError as e:  # --onnx without the [onnx] extra
-        _fail(str(e), 1)
-      for task, folder in result.folders.items():
-        print(f"{task}: {folder} ({result.forms[task].replace('_', ' ')})")
-      for task, reason in result.refused.items():
-        print(f"{task}: not exported: {reason}")
-      return
+      return _export(s)
     if s.jax_cache_dir:
       jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -188,11 +188,23 @@ Files: {files}
 """
 
 
+def describe(task: str, form: str) -> str:
+  """One line on what a folder of `form` is, for the index and the command's output."""
+  return {
+      "sequence_classification": ("transformers AutoModelForSequenceClassification"
+                                  + ("" if task == "sst" else ", also a CrossEncoder")),
+      "st_classifier": "SentenceTransformer whose encode() gives the 5 logits",
+      "st_cross_encoder": "CrossEncoder (sentence-transformers 6)",
+      "bi_head": "SentenceTransformer encoder + head.safetensors on [u; v; |u-v|; u*v]",
+      "st_cosine": "SentenceTransformer with the STS projection; 5 * clip(cosine, 0, 1)",
+  }[form]
+
+
 def index(folders: dict[str, tuple[str, str]], refused: dict[str, str]) -> str:
   """The export folder's README.md: each task's folder and form, each refused head's reason."""
   lines = ["# mtbert_jax export", "",
            "One folder per task, each loadable without mtbert_jax (its README.md says how).", ""]
-  lines += [f"- `{folder}/`: {_TASKS[task]}, {form.replace('_', ' ')}"
+  lines += [f"- `{folder}/`: {_TASKS[task]}: {describe(task, form)}"
             for task, (folder, form) in folders.items()]
   lines += [f"- {_TASKS[task]}: not exported: {reason}" for task, reason in refused.items()]
   return "\n".join(lines) + "\n"

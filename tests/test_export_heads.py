@@ -313,6 +313,8 @@ def test_launch_mode_export_and_its_refusal(trained_workdir, tmp_path):
   done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert sorted(os.listdir(target)) == ["README.md", "paraphrase", "sentiment", "similarity"]
+  assert f"sst: {target / 'sentiment'} (transformers AutoModelForSequenceClassification)" \
+      in done.stdout.splitlines()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 1
   assert again.stderr.strip().splitlines()[-1] == (
