@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from mtbert_jax import experiment
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,12 @@ class Checkpoints:
         "to retrain from the step before them or from the start.")
 
   def restore_step(self, step: int, state_like: Any) -> tuple[Any, dict]:
-    """The resumable checkpoint of `step` and its meta (orbax's errors propagate)."""
+    """The resumable checkpoint of `step` and its meta (orbax's errors propagate; a meta
+    item of the wrong shape is a CheckpointError naming it)."""
     restored = self.resume.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    return restored["state"], _checked_meta(restored["meta"],
+                                            os.path.join(str(self.resume.directory), str(step)))
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
     if step in self.best.all_steps():  # re-reached after a resume from an earlier checkpoint
@@ -133,6 +136,14 @@ class Checkpoints:
                             "that folder") from e
     return restored["state"], restored["meta"]
 
+  def read_resume_meta(self) -> dict | None:
+    """The newest resumable checkpoint's meta item, or None without one."""
+    step = self.resume.latest_step()
+    if step is None:
+      return None
+    meta = self.resume.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return meta["meta"]
+
   def read_best_meta(self) -> dict | None:
     step = self.best.latest_step()
     if step is None:
@@ -142,6 +153,87 @@ class Checkpoints:
   def close(self) -> None:
     self.resume.close()
     self.best.close()
+
+
+def _checked_meta(meta: Any, where: str) -> dict:
+  """A resumable checkpoint's meta item as the loop reads it, or a CheckpointError that
+  names the checkpoint (a hand-edited or foreign meta file)."""
+  expected = {"step": int, "iterators": dict, "best_score": (int, float), "best_step": int}
+  bad = ([] if isinstance(meta, dict) else ["the item itself (not a JSON object)"]) or [
+      f"{key} ({type(meta.get(key)).__name__ if key in meta else 'missing'})"
+      for key, kind in expected.items() if not isinstance(meta.get(key), kind)]
+  if not bad and not all(isinstance(v, dict) for v in meta["iterators"].values()):
+    bad = ["iterators (each task's state should be an object)"]
+  if bad:
+    raise CheckpointError(f"the checkpoint {where} has a malformed meta item: "
+                          f"{', '.join(bad)}; restore that step's files, or delete it to "
+                          "resume from an earlier one")
+  return meta
+
+
+# ------------------------------------------------------------------------------------------
+# The config saved with the checkpoints: the workdir's contract beside config.json.
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The config the checkpoints were trained with: the newest resumable checkpoint's, else
+  the best one's; None when the workdir has no checkpoint holding one."""
+  if not any(os.path.isdir(os.path.join(workdir, d)) for d in (RESUME_DIR, BEST_DIR)):
+    return None
+  ckpts = Checkpoints(workdir, create=False)
+  try:
+    for read in (ckpts.read_resume_meta, ckpts.read_best_meta):
+      try:
+        meta = read()
+      except Exception:  # pylint: disable=broad-except
+        continue  # an unreadable step: restoring it reports it in one line
+      if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+        return meta["config"]
+    return None
+  finally:
+    ckpts.close()
+
+
+def check_saved_config(workdir: str, s: settings_lib.Settings, mode: str) -> None:
+  """Refuses `s` for `mode` ("resume" or "eval") when it differs from the config saved with
+  the checkpoints in a field that mode may not change, whether or not config.json says the
+  same: config.json can be deleted or edited, the checkpoints' copy travels with them."""
+  saved = saved_config(workdir)
+  if saved is None:
+    return
+  try:
+    trained = settings_lib.from_dict(saved, fill_from=s)
+  except (settings_lib.ConfigError, TypeError, ValueError) as e:
+    raise CheckpointError(f"the config saved with the checkpoints of {workdir} does not "
+                          f"read ({e})") from e
+  diff = workdir_lib.differences(trained, s, mode)
+  if diff:
+    lines = "\n".join(f"  --config.{k}: trained {a!r}, now {b!r}" for k, a, b in diff)
+    # Callers compare with config.json first, so a difference here means config.json was
+    # deleted or changed after the checkpoints were saved.
+    config_json = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    why = "is missing" if not workdir_lib.has_settings(workdir) else "was changed since"
+    action = {"resume": "resume", "eval": "evaluate or predict with"}[mode]
+    raise workdir_lib.WorkdirError(
+        f"--workdir={workdir}: its checkpoints were trained with other settings ({config_json} "
+        f"{why}); cannot {action} them with these ({len(diff)} field(s) differ):\n{lines}\n"
+        "Use the training run's settings, or another --workdir.")
+
+
+def workdir_settings(workdir: str) -> settings_lib.Settings:
+  """The settings a finished workdir was trained with: its config.json, checked against
+  the config saved with its checkpoints (a hand-edited config.json is refused); with
+  config.json deleted, the checkpoints' config, with a warning."""
+  if workdir_lib.has_settings(workdir):
+    s = workdir_lib.load_settings(workdir)
+    check_saved_config(workdir, s, "eval")
+    return s
+  saved = saved_config(workdir)
+  if saved is None:
+    return workdir_lib.load_settings(workdir)  # the error that says config.json is missing
+  log.warning("%s is missing: using the config saved with the checkpoints",
+              os.path.join(workdir, workdir_lib.CONFIG_FILE))
+  return settings_lib.from_dict(saved)
 
 
 # ------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def write_split_predictions(pred_dir: str, split: str,
 def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
                          sharder: sharding.Sharder, step: int, score: bool = True,
                          results: dict[str, tuple] | None = None,
-                         output_fns: dict | None = None) -> dict[str, float]:
+                         output_fns: dict | None = None, suffix: str = "") -> dict[str, float]:
   """With `score`: the metrics of `params` on each scored split (`experiment.scored_splits`:
   the validation split, dev) into `metrics.json` as `valid/...` and `dev/...`, and their
   and the test sets' prediction files; without (predict mode): the test prediction files
@@ -178,11 +178,15 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
   `results`: per split, (scores, outputs) already computed for exactly these params on the
   whole split (the loop's last evaluation of the best step), reused, not recomputed.
   `output_fns`: the loop's jitted output functions, so their compiled shapes are reused.
+  `suffix`: written as `metrics<suffix>.json` and `predictions<suffix>/` (an evaluation on
+  other rows than the run's own, beside its files instead of over them).
   """
   output_fns = output_fns or make_output_fns(mt_model, s.eval.dtype)
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
   metrics: dict[str, Any] = {"step": int(step)}
-  pred_dir = os.path.join(workdir, "predictions")
+  if score and s.data.dev_limit:
+    metrics["dev_limit"] = s.data.dev_limit  # the dev metrics are of the first N rows only
+  pred_dir = os.path.join(workdir, "predictions" + suffix)
   scored = experiment.scored_splits(s) if score else ()
   for split in scored + ("test",):
     sets = experiment.eval_sets(s, tok, split)
@@ -197,7 +201,7 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:
       write_split_predictions(pred_dir, split, sets, outputs)
   if score and jax.process_index() == 0:
-    workdir_lib.write_json(os.path.join(workdir, "metrics.json"), metrics)
+    workdir_lib.write_json(os.path.join(workdir, f"metrics{suffix}.json"), metrics)
   return metrics
 
 
@@ -205,15 +209,18 @@ def evaluate_workdir(workdir: str, s: Settings | None = None,
                      score: bool = True) -> dict[str, float]:
   """`--mode=eval` (dev metrics, metrics.json, dev and test predictions) or, without
   `score`, `--mode=predict` (test predictions only) of the best checkpoint. The data files
-  are those of `s` (default: the training run's); `s` must agree with the trained settings
-  in every field that changes the model or its inputs (`workdir.FREE["eval"]` lists what
-  may differ)."""
+  are those of `s` (default: the training run's, checked against the config saved with the
+  checkpoints); `s` must agree with the trained settings in every field that changes the
+  model or its inputs (`workdir.FREE["eval"]` lists what may differ). With another
+  `data.dev_limit` than the run's, the metrics and predictions go to
+  `metrics-dev_limitN.json` and `predictions-dev_limitN/`, beside the run's own."""
   workdir = workdir_lib.prepare(workdir, create=False)
   with workdir_lib.lock(workdir, "eval" if score else "predict"):
     if s is None:
-      s = workdir_lib.load_settings(workdir)
+      s = ckpt_lib.workdir_settings(workdir)
     else:
       workdir_lib.check_contract(workdir, s, "eval")
+      ckpt_lib.check_saved_config(workdir, s, "eval")
     if not score and not any(getattr(s.data, f"{t}_test") for t in tasks_lib.EVAL_TASKS):
       raise settings_lib.ConfigError("--mode=predict writes the test sets' predictions, and "
                                      "no --config.data.*_test file is configured")
@@ -222,8 +229,13 @@ def evaluate_workdir(workdir: str, s: Settings | None = None,
     ckpts = ckpt_lib.Checkpoints(workdir, create=False)
     step = ckpts.best_step()
     ckpts.close()
+    # Another dev limit than the run's scores other rows: its metrics and predictions go
+    # beside the run's own, named by the limit, instead of replacing them.
+    trained_limit = (workdir_lib.load_settings(workdir, fill_from=s).data.dev_limit
+                     if workdir_lib.has_settings(workdir) else s.data.dev_limit)
+    suffix = (f"-dev_limit{s.data.dev_limit}" if s.data.dev_limit != trained_limit else "")
     return evaluate_and_predict(s, workdir, mt_model, sharder.replicate(params), tok,
-                                sharder, step, score)
+                                sharder, step, score, suffix=suffix)
 
 
 def _texts(value: Any, what: str) -> list[str]:
@@ -238,6 +250,10 @@ def _texts(value: Any, what: str) -> list[str]:
   for i, item in enumerate(items):
     if not isinstance(item, str):
       raise TypeError(f"{what}: item {i} is a {type(item).__name__}, expected a string")
+    if not item.strip():
+      # The model would still answer ([CLS] [SEP] alone), as if it had read something;
+      # the data readers reject empty texts for the same reason.
+      raise ValueError(f"{what}: item {i} is an empty text, expected a sentence")
   return items
 
 
@@ -259,6 +275,8 @@ def _pairs(value: Any, what: str) -> tuple[list[str], list[str]]:
     if not all(isinstance(t, str) for t in item):
       raise TypeError(f"{what}: item {i} holds a {type(item[0]).__name__} and a "
                       f"{type(item[1]).__name__}, expected two strings")
+    if not all(t.strip() for t in item):
+      raise ValueError(f"{what}: item {i} has an empty sentence, expected two sentences")
     a.append(item[0])
     b.append(item[1])
   return a, b
@@ -288,7 +306,7 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> "Predictor":
     """The best checkpoint, with the run's lengths and `eval.both_orders`."""
-    s = workdir_lib.load_settings(workdir_lib.prepare(workdir, create=False))
+    s = ckpt_lib.workdir_settings(workdir_lib.prepare(workdir, create=False))
     mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
     return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size,
                s.eval.both_orders)

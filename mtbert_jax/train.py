@@ -281,8 +281,15 @@ def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
                                s.train.sampling_temperature, seed=s.seed)
 
 
-# A task's mean loss over a metrics window this many times its first window's is divergence.
+# A task's mean loss over a metrics window this many times its first step's is divergence.
 DIVERGENCE_FACTOR = 1e3
+
+# Steps the host may dispatch ahead of the device. JAX dispatches asynchronously, and
+# without a bound the host loop of a busy CPU ran ~45 steps (minutes) ahead, all of which
+# had to finish before a SIGTERM's checkpoint could be saved. With 2 the device always has
+# the next step queued (no idle time) and a signal is acted on after at most 2 more steps,
+# plus an evaluation if one is running then (it finishes first).
+MAX_IN_FLIGHT = 2
 
 
 class TrainingStopped(FloatingPointError):
@@ -291,13 +298,16 @@ class TrainingStopped(FloatingPointError):
 
 
 class _Health:
-  """Stops the run on a non-finite update (skipped by the step and counted) or a loss that
-  grew by `DIVERGENCE_FACTOR` over its first measured window, before that state can become
-  a checkpoint."""
+  """Stops the run on a non-finite update (skipped by the step and counted) or a window's
+  mean loss `DIVERGENCE_FACTOR` times the loss of its first step, before that state can
+  become a checkpoint. The baseline is the first step's loss (per term), not the first
+  window's mean: a run that diverges inside its first window would otherwise measure
+  itself against its own diverged values."""
 
   def __init__(self, resume_dir: str, last_saved: int | None = None):
     self.resume_dir, self.last_saved = resume_dir, last_saved
-    self.first: dict[str, float] = {}
+    self.first: dict[str, float] = {}  # per loss term, its first step's value
+    self.run_first: tuple[str, float] | None = None  # the run's first task loss (abs)
 
   def _stop(self, step: int, what: str, cause: str):
     saved = (f"the last checkpoint, step {self.last_saved}, is in {self.resume_dir} (the run "
@@ -305,7 +315,24 @@ class _Health:
              "no checkpoint was saved before it")
     raise TrainingStopped(f"training stopped at step {step}: {what}; {saved}. {cause}")
 
-  def check(self, step: int, nonfinite: int, summary: dict[str, float], first_window: bool):
+  def check(self, step: int, nonfinite: int, host: list[dict[str, float]],
+            summary: dict[str, float], first_window: bool):
+    """`host`: the window's per-step metrics in step order; `summary`: their means."""
+    for metrics in host:
+      for key, value in metrics.items():
+        if key.startswith("loss/") and key != "loss/total" and math.isfinite(value):
+          self.first.setdefault(key, value)
+          # A task whose first step comes after other tasks' (round robin) may start
+          # diverged: its first loss is held against the run's first step too (tasks'
+          # losses at the start differ by far less than the factor).
+          if self.run_first is None:
+            self.run_first = (key, abs(value))
+          elif (key.removeprefix("loss/") in settings_lib.TASKS and self.first[key] == value
+                and abs(value) > DIVERGENCE_FACTOR * max(self.run_first[1], 1e-3)):
+            self._stop(step, f"{key} started diverged ({value:.3g} at its first step, "
+                       f"against {self.run_first[0]} {self.run_first[1]:.3g} at the run's "
+                       "first step)", "Lower --config.optim.lr (or set "
+                       "--config.optim.grad_clip).")
     if nonfinite:
       cause = ("It happened within the first steps: check the data and the loaded weights "
                "first, then lower --config.optim.lr." if first_window else
@@ -316,8 +343,9 @@ class _Health:
         continue
       first = self.first.setdefault(key, value)
       if abs(value) > DIVERGENCE_FACTOR * max(abs(first), 1e-3):
-        self._stop(step, f"{key} diverged ({value:.3g}, against {first:.3g} in the first "
-                   "window)", "Lower --config.optim.lr (or set --config.optim.grad_clip).")
+        self._stop(step, f"{key} diverged (a mean of {value:.3g} over the steps to {step}, "
+                   f"against {first:.3g} at its first step)",
+                   "Lower --config.optim.lr (or set --config.optim.grad_clip).")
 
 
 def _check_finite_weights(params, source: str) -> None:
@@ -363,6 +391,14 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
         else contextlib.nullcontext(), Interrupt() as interrupt):
     if workdir_lib.has_settings(workdir):
       workdir_lib.check_contract(workdir, s, "resume")
+    ckpt_lib.check_saved_config(workdir, s, "resume")
+    if s.ckpt.export_hf:
+      export_dir = os.path.join(workdir, "hf_encoder")
+      if os.path.exists(export_dir) and (not os.path.isdir(export_dir)
+                                         or os.listdir(export_dir)):
+        raise workdir_lib.WorkdirError(
+            f"--config.ckpt.export_hf: {export_dir} exists and is not an empty folder; the "
+            "export would mix with what is there (move or delete it first)")
     return _train_and_evaluate(s, workdir, interrupt)
 
 
@@ -398,6 +434,10 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
       iterators[task].set_state(it_state)
     best_score, best_step = float(meta["best_score"]), int(meta["best_step"])
     health = _Health(str(ckpts.resume.directory), last_saved=start)
+    if start > s.train.num_steps:
+      raise settings_lib.ConfigError(
+          f"--config.train.num_steps={s.train.num_steps}: the run in {workdir} is at step "
+          f"{start} already; a resumed run keeps or raises its step budget, never lowers it")
     log.info("resumed from %s at step %d (best %s average %.4f at step %d)",
              ckpts.resume.directory, start, split, best_score, best_step)
   if jax.process_index() == 0:
@@ -420,10 +460,33 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   prefetch = sharding.Prefetcher(iterators, task_schedule(s, iterators), start, num_steps,
                                  sharder)
   windows: list[dict] = []  # per metrics pull: steps, seconds (for train_stats.json)
-  pending: list[dict] = []
-  window_start, window_examples = time.time(), 0
+  pending: list[dict] = []   # the metrics of the steps since the last pull
+  in_flight: list[dict] = []  # the metrics of the last dispatched steps (`MAX_IN_FLIGHT`)
+  window = {"start": time.time(), "examples": 0}
   it_states = {t: it.get_state() for t, it in iterators.items()}
   compiled: set[tuple[str, int]] = set()
+
+  def pull(step: int) -> None:
+    """Metrics of the steps since the last pull to the host (one transfer), the run's
+    health checked on them, then logged: before any evaluation or save, so a diverged
+    state never becomes a checkpoint."""
+    host = _to_float(pending)
+    pending.clear()
+    summary = _mean_metrics(host)
+    health.check(step, int(jax.device_get(state.nonfinite)), host, summary,
+                 first_window=not windows)
+    elapsed = time.time() - window["start"]
+    summary["perf/examples_per_s"] = window["examples"] / max(elapsed, 1e-9)
+    windows.append({"end_step": step, "steps": len(host), "examples": window["examples"],
+                    "seconds": elapsed})
+    window.update(start=time.time(), examples=0)
+    writer.scalars(step, summary)
+    history.add(step, "train", summary)
+    progress.update(len(host), {
+        "ex/s": f"{summary['perf/examples_per_s']:.0f}",
+        **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
+           if k.startswith("loss/") and k != "loss/total"}})
+
   step = start
   try:
     while step < num_steps:
@@ -438,32 +501,18 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
         compiled.add(shape)
         progress.write(f"compiled the {task} step for length {shape[1]} in "
                        f"{time.time() - compile_start:.0f} s")
-        window_start += time.time() - compile_start  # compilation is not throughput
+        window["start"] += time.time() - compile_start  # compilation is not throughput
       step += 1
       pending.append(metrics)
-      window_examples += s.train.batch_size
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_IN_FLIGHT:  # the host waits for the device, see MAX_IN_FLIGHT
+        jax.block_until_ready(in_flight.pop(0))
+      window["examples"] += s.train.batch_size
       last = step == num_steps
       evaluate = step % s.train.eval_every == 0 or last
-      save = step % s.train.ckpt_every == 0 or last or interrupt.requested
-      # Metrics are pulled (and the run's health checked) before any evaluation or save,
-      # so a diverged state never becomes a checkpoint.
-      if step % s.train.log_every == 0 or evaluate or save:
-        host = _to_float(pending)
-        pending = []
-        summary = _mean_metrics(host)
-        health.check(step, int(jax.device_get(state.nonfinite)), summary,
-                     first_window=not windows)
-        elapsed = time.time() - window_start
-        summary["perf/examples_per_s"] = window_examples / max(elapsed, 1e-9)
-        windows.append({"end_step": step, "steps": len(host), "examples": window_examples,
-                        "seconds": elapsed})
-        window_start, window_examples = time.time(), 0
-        writer.scalars(step, summary)
-        history.add(step, "train", summary)
-        progress.update(len(host), {
-            "ex/s": f"{summary['perf/examples_per_s']:.0f}",
-            **{k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
-               if k.startswith("loss/") and k != "loss/total"}})
+      periodic_save = step % s.train.ckpt_every == 0 or last
+      if step % s.train.log_every == 0 or evaluate or periodic_save or interrupt.requested:
+        pull(step)
       if evaluate:
         eval_start = time.time()
         scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), eval_sets,
@@ -477,14 +526,18 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                                                     for k, v in evaluated.items()))
         if score > best_score:
           best_score, best_step = score, step
-          ckpts.save_best(step, eval_params(state, s), {"step": step, split: evaluated})
+          ckpts.save_best(step, eval_params(state, s), {"step": step, split: evaluated,
+                                                        "config": settings_lib.to_dict(s)})
           best_results = (step, scores, outputs) if full_eval else None
-        window_start += time.time() - eval_start  # evaluation is not training throughput
-      if save:
+        window["start"] += time.time() - eval_start  # evaluation is not training throughput
+      # Decided after the evaluation: a signal that arrives during it saves this step.
+      if periodic_save or interrupt.requested:
+        if pending:  # the signal came after this step's pull was decided
+          pull(step)
         save_start = time.time()
         ckpts.save_resume(step, state, resume_meta(step, it_states))
         health.last_saved = step
-        window_start += time.time() - save_start
+        window["start"] += time.time() - save_start
       if interrupt.requested and not last:
         log.warning("%s: checkpoint saved at step %d; exiting. Run the same command "
                     "to resume.", interrupt.requested, step)

@@ -303,6 +303,10 @@ def test_predictor_checks_its_inputs_and_returns_probabilities(trained):
     p.sentiment(["fine", 3])
   with pytest.raises(ValueError, match=r"item 1 is 'lonely', expected a pair"):
     p.similarity([("a", "b"), "lonely"])
+  with pytest.raises(ValueError, match=r"item 0 is an empty text"):
+    p.sentiment(["", "fine"])
+  with pytest.raises(ValueError, match=r"item 1 has an empty sentence"):
+    p.paraphrase([("a", "b"), ("c", "  ")])
   assert p.sentiment([]).shape == (0,) and p.paraphrase([]).shape == (0,)
   assert p.similarity([]).shape == (0,) and p.sentiment_probabilities([]).shape == (0, 5)
   probs = p.sentiment_probabilities(["a good film", "a bad one"])
@@ -325,3 +329,103 @@ def test_predict_mode_writes_test_predictions_only(trained, tmp_path):
   assert sorted(os.listdir(predictions)) == ["sst-test-output.csv", "test-outputs.npz"]
   with np.load(os.path.join(predictions, "test-outputs.npz")) as outputs:
     assert set(outputs) == {"sst/ids", "sst/outputs"}  # the test split only
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract held by the checkpoints, budgets and evaluations on other rows.
+
+
+def test_a_deleted_config_json_does_not_free_the_settings(trained, tmp_path):
+  """The checkpoints keep the config they were trained with; with config.json deleted a
+  resume with other settings is refused all the same, listing the fields."""
+  workdir = _copy(trained, tmp_path)
+  os.remove(os.path.join(workdir, "config.json"))
+  s = trained[1].replace(heads={"cls_source": "hidden"}, optim={"lr": 1e-3},
+                         train={"num_steps": 9})
+  with pytest.raises(workdir_lib.WorkdirError) as info:
+    train.train_and_evaluate(s, workdir)
+  message = str(info.value)
+  assert "config.json is missing" in message and "2 field(s) differ" in message
+  assert (f"--config.heads.cls_source: trained {trained[1].heads.cls_source!r}, now 'hidden'"
+          in message)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))  # nothing written
+
+
+def test_a_hand_edited_config_json_is_refused_where_the_model_is_built(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  path = os.path.join(workdir, "config.json")
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  config["heads"]["cls_source"] = "hidden"
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  for load in (eval_lib.Predictor.from_workdir, eval_lib.evaluate_workdir):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config.json was changed since.*\n"
+                                                       r".*heads.cls_source: trained "):
+      load(workdir)
+
+
+def test_a_resume_may_not_lower_the_step_budget(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  with pytest.raises(settings_lib.ConfigError, match=r"num_steps=3: the run in .* is at "
+                                                     r"step 6 already"):
+    train.train_and_evaluate(trained[1].replace(train={"num_steps": 3}), workdir)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["train"]["num_steps"] == 6
+
+
+def test_eval_with_another_dev_limit_writes_beside_the_runs_metrics(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    before = f.read()
+  limited = eval_lib.evaluate_workdir(workdir, trained[1].replace(data={"dev_limit": 8}))
+  assert limited["dev_limit"] == 8
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    assert f.read() == before
+  with open(os.path.join(workdir, "metrics-dev_limit8.json"), encoding="utf-8") as f:
+    assert json.load(f)["dev_limit"] == 8
+
+
+def test_malformed_checkpoint_metadata_is_named_not_an_attribute_error(trained, tmp_path,
+                                                                       caplog):
+  workdir = _copy(trained, tmp_path)
+  for step in ("3", "6"):
+    meta_dir = os.path.join(workdir, "checkpoints", step, "meta")
+    for name in os.listdir(meta_dir):
+      with open(os.path.join(meta_dir, name), "w", encoding="utf-8") as f:
+        json.dump({"step": 6, "iterators": "not an object", "best_score": 0.5,
+                   "best_step": 6}, f)
+  with caplog.at_level("WARNING"), pytest.raises(ckpt_lib.CheckpointError,
+                                                 match="no resumable checkpoint"):
+    train.train_and_evaluate(trained[1].replace(train={"num_steps": 9}), workdir)
+  assert "malformed meta item: iterators (str)" in caplog.text
+
+
+def test_an_export_folder_in_the_way_is_refused_before_training(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  os.makedirs(os.path.join(workdir, "hf_encoder", "2_Dense"))
+  with pytest.raises(workdir_lib.WorkdirError, match=r"hf_encoder exists and is not an empty "
+                                                     r"folder"):
+    train.train_and_evaluate(trained[1].replace(ckpt={"export_hf": True},
+                                                train={"num_steps": 9}), workdir)
+
+
+def test_a_torn_last_history_line_is_left_out_and_an_inner_one_named(tmp_path, caplog):
+  from mtbert_jax import console  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "history.jsonl"
+  path.write_text('{"step": 3, "train": {"loss/sst": 1.5}}\n{"step": 6, "tra', encoding="utf-8")
+  with caplog.at_level("WARNING"):
+    assert console.read_history(str(path)) == [{"step": 3, "train": {"loss/sst": 1.5}}]
+  assert "line 2 is cut short" in caplog.text
+  path.write_text('{"step": 3, "tr\n{"step": 6, "train": {}}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"history.jsonl: line 1 is not JSON"):
+    console.read_history(str(path))
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+  from mtbert_jax import experiment  # pylint: disable=import-outside-toplevel
+  (tmp_path / "data.tgz").write_text("x", encoding="utf-8")
+  c = smoke.get_config()
+  c.data.dir = str(tmp_path / "data.tgz")
+  with pytest.raises(NotADirectoryError, match=r"--config.data.dir=.*data.tgz' is a file"):
+    experiment.data_path(settings_lib.from_dict(c.to_dict()), "sst_train")
