@@ -154,11 +154,24 @@ class History:
 
 
 def read_history(path: str) -> list[dict]:
-  """The entries of a history.jsonl ([] when there is none)."""
+  """The entries of a history.jsonl ([] when there is none). A last line cut short (a run
+  killed while writing it) is left out with a warning, as a resumed run drops it; a bad
+  line before the last is an error naming it."""
   if not os.path.isfile(path):
     return []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  entries = []
+  for i, (number, line) in enumerate(lines):
+    try:
+      entries.append(json.loads(line))
+    except ValueError as e:
+      if i == len(lines) - 1:
+        log.warning("%s: line %d is cut short (a run killed while writing it?); left out",
+                    path, number)
+        break
+      raise ValueError(f"{path}: line {number} is not JSON ({e})") from None
+  return entries
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -122,6 +122,9 @@ def data_path(s: Settings, field: str) -> str | None:
   if os.path.isabs(value):
     path, where = value, ""
   else:
+    if s.data.dir and os.path.exists(s.data.dir) and not os.path.isdir(s.data.dir):
+      raise NotADirectoryError(f"--config.data.dir={s.data.dir!r} is a file, expected the "
+                               "folder that holds the data files")
     base = s.data.dir or paths.default_data_dir()
     path = os.path.join(base, value)
     where = (f" (relative to --config.data.dir={s.data.dir!r})" if s.data.dir else

@@ -98,6 +98,12 @@ def _lines(path: str):
         yield number, DataError(f"{path}: line {number}: not valid UTF-8 (byte {e.start + 1} "
                                 f"of the line: {raw[e.start:e.start + 4]!r})")
         continue
+      if "\x00" in text:
+        yield number, DataError(
+            f"{path}: line {number}: {text.count(chr(0))} NUL bytes in a line of {len(text)} "
+            "characters (a zero-filled block, as an interrupted write leaves, may have "
+            "merged several rows into this line)")
+        continue
       yield number, text.removeprefix(_BOM) if number == 1 else text
 
 
@@ -158,7 +164,7 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
     elif name in required:
       raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
                       f"(expected columns {list(required)}, {sep_name}-separated)")
-  rows, skipped = [], []
+  rows, skipped, sizes = [], [], []
   for number, text in lines:
     where = f"{path}: line {number}"
     try:
@@ -171,6 +177,7 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
         raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
                         f"the header, got {len(fields)}")
       rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
+      sizes.append((number, len(text)))
     except DataError as e:
       if on_invalid == "raise":
         raise DataError(f"{e} (--config.data.on_invalid=skip skips such rows with a "
@@ -178,17 +185,46 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
       skipped.append((number, str(e).removeprefix(where + ": ")))
   if not rows and not skipped:
     raise DataError(f"{path}: has a header but no data rows")
+  rows = _drop_overlong(path, rows, sizes, skipped, on_invalid)
   if skipped:  # one line per file; rows with the same problem share one mention
     by_message: dict[str, list[int]] = {}
-    for number, msg in skipped:
+    for number, msg in sorted(skipped):
       by_message.setdefault(msg, []).append(number)
     shown = "; ".join(
-        f"line{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns[:5]))}"
-        f"{' ...' if len(ns) > 5 else ''}: {msg}" for msg, ns in list(by_message.items())[:3])
+        f"{len(ns)} line{'s' if len(ns) > 1 else ''} ({', '.join(map(str, ns[:_SHOWN]))}"
+        f"{', ...' if len(ns) > _SHOWN else ''}): {msg}"
+        for msg, ns in list(by_message.items())[:3])
     more = f"; {len(by_message) - 3} other problems" if len(by_message) > 3 else ""
     _LOG.warning("%s: skipped %d of %d rows that do not parse (%s%s)", path, len(skipped),
                  len(skipped) + len(rows), shown, more)
   return rows
+
+
+_SHOWN = 10  # line numbers named per problem in the skip warning (with the count of all)
+# A row this many times longer than the file's median row, and over _LONG_MIN characters,
+# is not a row but several merged (a lost line break); a course row is at most ~30x.
+_LONG_FACTOR, _LONG_MIN = 50, 2000
+
+
+def _drop_overlong(path: str, rows: list, sizes: list[tuple[int, int]],
+                   skipped: list[tuple[int, str]], on_invalid: str) -> list:
+  """`rows` without those whose line is far longer than the file's others."""
+  if len(sizes) < 10:
+    return rows
+  median = float(np.median([n for _, n in sizes]))
+  limit = max(_LONG_FACTOR * median, _LONG_MIN)
+  keep = []
+  for row, (number, size) in zip(rows, sizes):
+    if size <= limit:
+      keep.append(row)
+      continue
+    msg = (f"a row of {size} characters, over {_LONG_FACTOR}x the file's median row "
+           f"({median:.0f}): several rows merged by a lost line break?")
+    if on_invalid == "raise":
+      raise DataError(f"{path}: line {number}: {msg} (--config.data.on_invalid=skip skips "
+                      "such rows with a warning)")
+    skipped.append((number, msg))
+  return keep
 
 
 def _text(fields: dict[str, str], name: str, where: str) -> str:
@@ -260,6 +296,7 @@ def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | 
 
   all_empty_ok = _label_column_all_empty(path, "\t", "sentiment")
   rows = _read_table(path, "\t", ["id", "sentence"], ["sentiment"], parse, on_invalid)
+  _warn_duplicate_ids(path, [r[0] for r in rows])
   return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
                       labels=_labels_or_none([r[2] for r in rows], path, np.int32))
 
@@ -303,6 +340,7 @@ def read_pairs(path: str, task: str, on_invalid: str = "raise",
   all_empty_ok = _label_column_all_empty(path, "\t", label_column)
   rows = _read_table(path, "\t", ["id", "sentence1", "sentence2"], [label_column], parse,
                         on_invalid)
+  _warn_duplicate_ids(path, [r[0] for r in rows])
   dtype = np.int32 if task == "paraphrase" else np.float32
   return PairRows(ids=[r[0] for r in rows], texts_a=[r[1] for r in rows],
                   texts_b=[r[2] for r in rows],
@@ -339,6 +377,21 @@ def read_tweets(path: str, on_invalid: str = "raise") -> SentenceRows:
   rows = _read_table(path, ",", ["textID", "text", "sentiment"], [], parse, on_invalid)
   return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
                       labels=np.asarray([r[2] for r in rows], np.int32))
+
+
+def _warn_duplicate_ids(path: str, ids: list[str]) -> None:
+  """A warning naming the ids that occur more than once: each row is still read (and
+  predicted: a prediction file then has as many rows with that id), but an id is meant to
+  name one row."""
+  seen, repeated = set(), {}
+  for i in ids:
+    if i in seen:
+      repeated[i] = repeated.get(i, 1) + 1
+    seen.add(i)
+  if repeated:
+    shown = ", ".join(f"{i!r} ({n}x)" for i, n in list(repeated.items())[:_SHOWN])
+    _LOG.warning("%s: %d id(s) occur more than once (%s%s); their rows are all kept", path,
+                 len(repeated), shown, ", ..." if len(repeated) > _SHOWN else "")
 
 
 def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:

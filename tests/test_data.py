@@ -105,7 +105,7 @@ def test_quora_dev_two_rows_without_label(data_dir, caplog):
     rows = readers.read_pairs(path, "paraphrase", on_invalid="skip")
   assert len(rows) == 20214 - 2
   assert "skipped 2 of 20214 rows" in caplog.text
-  assert "lines 2577, 14222: column 'is_duplicate' is ''" in caplog.text
+  assert "2 lines (2577, 14222): column 'is_duplicate' is ''" in caplog.text
 
 
 def test_quoted_fields(data_dir):
@@ -222,7 +222,7 @@ def test_skipped_rows_are_one_short_warning(tmp_path, caplog):
     readers.read_sentiment(path, on_invalid="skip")
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and warnings[0].count(path) == 1
-  assert "skipped 2 of 3 rows" in warnings[0] and "line 2:" in warnings[0]
+  assert "skipped 2 of 3 rows" in warnings[0] and "1 line (2): " in warnings[0]
 
 
 def test_missing_file_and_unmapped_label(tmp_path):
@@ -461,3 +461,52 @@ def test_task_schedule_round_robin_and_sampled_frequencies():
     assert [again(s) for s in range(5000, 6000)] == draws[5000:]
   with pytest.raises(ValueError, match="positive size"):
     data.TaskSchedule(("sst",), (0,), "proportional")
+
+
+def _sst_rows(count: int) -> str:
+  return "".join(f"{i}\tid{i}\tsentence number {i} is fine\t{i % 5}\n" for i in range(count))
+
+
+def test_a_zero_filled_block_is_rejected_not_merged_into_a_row(tmp_path, caplog):
+  """NUL bytes from 40 bytes into line 40 to line 70, as an interrupted write leaves: the
+  lines between merge into one line, which holds the NULs and is named."""
+  text = SST_HEADER + _sst_rows(100)
+  lines = text.split("\n")
+  start = sum(len(l) + 1 for l in lines[:39]) + 10          # inside line 40
+  end = sum(len(l) + 1 for l in lines[:69]) + 5             # inside line 70
+  damaged = text[:start] + "\0" * (end - start) + text[end:]
+  path = _write(tmp_path, "nul.csv", damaged)
+  with pytest.raises(data.DataError, match=r"nul.csv: line 40: \d+ NUL bytes"):
+    readers.read_sentiment(path, on_invalid="raise")
+  with caplog.at_level(logging.WARNING):
+    rows = readers.read_sentiment(path, on_invalid="skip")
+  assert len(rows) == 99 - 30 and not any("\0" in t for t in rows.texts)
+  assert "1 line (40): " in caplog.text and "NUL bytes" in caplog.text
+
+
+def test_a_row_far_longer_than_the_others_is_named(tmp_path, caplog):
+  text = SST_HEADER + _sst_rows(40) + "40\tid40\t" + "merged rows " * 400 + "\t2\n"
+  path = _write(tmp_path, "long.csv", text)
+  with pytest.raises(data.DataError, match=r"long.csv: line 42: a row of 48\d\d characters"):
+    readers.read_sentiment(path, on_invalid="raise")
+  with caplog.at_level(logging.WARNING):
+    assert len(readers.read_sentiment(path, on_invalid="skip")) == 40
+  assert "1 line (42): a row of" in caplog.text
+
+
+def test_every_bad_label_is_counted_and_the_first_ten_named(tmp_path, caplog):
+  rows = "".join(f"{i}\tid{i}\ttext {i}\t{9 if 20 <= i < 32 else 1}\n" for i in range(40))
+  path = _write(tmp_path, "labels.csv", SST_HEADER + rows)
+  with caplog.at_level(logging.WARNING):
+    readers.read_sentiment(path, on_invalid="skip")
+  # Rows 20..31 are lines 22..33: twelve lines, the first ten named and the count given.
+  assert "12 lines (22, 23, 24, 25, 26, 27, 28, 29, 30, 31, ...): column 'sentiment'" in (
+      caplog.text)
+
+
+def test_duplicate_ids_are_kept_with_a_warning(tmp_path, caplog):
+  path = _write(tmp_path, "dup.csv", SST_HEADER + "0\ta\tx\t1\n1\tb\ty\t2\n2\ta\tz\t3\n")
+  with caplog.at_level(logging.WARNING):
+    rows = readers.read_sentiment(path)
+  assert rows.ids == ["a", "b", "a"]
+  assert "1 id(s) occur more than once ('a' (2x))" in caplog.text
