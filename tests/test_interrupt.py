@@ -10,22 +10,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import smoke
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import evaluate as eval_lib
-from mtbert_jax import settings as settings_lib
 from mtbert_jax import train
-
-
-def _settings(ckpt_dir: str, **overrides) -> settings_lib.Settings:
-  c = smoke.get_config()
-  c.model.checkpoint = ckpt_dir
-  c.jax_cache_dir = ""
-  c.eval.write_predictions = False
-  for key, value in overrides.items():
-    group, field = key.split("__")
-    c[group][field] = value
-  return settings_lib.from_dict(c.to_dict())
+from test_workdir import tiny_settings as _settings  # the smoke run on a given checkpoint
 
 
 def _saved_steps(workdir: str) -> tuple[list[int], int | None]:
