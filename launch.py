@@ -4,13 +4,18 @@
   python launch.py --config=configs/quick.py --workdir=runs/quick --mode=eval
   python launch.py --config=configs/full.py --workdir=runs/full --config.train.num_steps=3000
   python launch.py --workdir=runs/quick --mode=export --export_dir=runs/quick-export
+  python launch.py --workdir=runs/quick --mode=predict --predict_input=pairs.jsonl \
+      --predict_task=para                # -> runs/quick/predictions/pairs-para-output.tsv
 
 Modes: train (train or resume, then evaluate the best checkpoint on dev and write the
 prediction files), eval (restore the best checkpoint: dev metrics, metrics.json and
-prediction files), predict (restore the best checkpoint: prediction files only, no scoring),
-export (the best checkpoint as one folder per task that transformers / sentence-transformers
-load without this project, into --export_dir, an empty or missing folder; --onnx adds ONNX
-graphs; --config is optional, the workdir's config.json is used).
+prediction files), predict (restore the best checkpoint: prediction files only, no scoring;
+with --predict_input=FILE, a .tsv/.csv with a header or a .jsonl of rows `id` plus
+`sentence` (sst) or `sentence1`, `sentence2` (para, sts), streamed into a TSV of id and
+prediction; --config is then optional), export (the best checkpoint as one folder per task
+that transformers / sentence-transformers load without this project, into --export_dir, an
+empty or missing folder; --onnx adds ONNX graphs; --config is optional, the workdir's
+config.json is used).
 Any config field can be set with --config.GROUP.FIELD=VALUE; configs/base.py lists every
 field with its meaning (the list is also at the end of --help).
 
@@ -46,6 +51,14 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=export: an empty o
                                   "folder for the exported model (default WORKDIR/export)")
 _ONNX = flags.DEFINE_bool("onnx", False, "--mode=export: also write each folder's ONNX graph "
                           '(pip install -e ".[onnx]")')
+_PREDICT_INPUT = flags.DEFINE_string(
+    "predict_input", None, "--mode=predict: a .tsv, .csv (with a header: id, sentence or id, "
+    "sentence1, sentence2) or .jsonl file to predict instead of the test sets")
+_PREDICT_TASK = flags.DEFINE_enum("predict_task", None, ["sst", "para", "sts"],
+                                  "--predict_input: the task to predict")
+_PREDICT_OUTPUT = flags.DEFINE_string(
+    "predict_output", None, "--predict_input: the output TSV (default "
+    "WORKDIR/predictions/<input stem>-<task>-output.tsv)")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "call jax.distributed.initialize() before anything else")
 
@@ -106,6 +119,11 @@ def _help() -> str:
            "  --mode=train|eval|predict|export   (default train)",
            "  --export_dir=DIR      --mode=export: an empty or missing folder (WORKDIR/export)",
            "  --onnx                --mode=export: also write ONNX graphs",
+           "  --predict_input=FILE  --mode=predict: a .tsv/.csv/.jsonl file instead of the "
+           "test sets",
+           "  --predict_task=sst|para|sts   --predict_input's task",
+           "  --predict_output=FILE --predict_input's output TSV "
+           "(WORKDIR/predictions/<stem>-<task>-output.tsv)",
            "  --multihost           initialise JAX's multi-process runtime first", "",
            "Config fields (configs/base.py; set with --config.GROUP.FIELD=VALUE):"]
   with open(os.path.join(here, "configs", "base.py"), encoding="utf-8") as f:
@@ -134,10 +152,24 @@ def _export(s) -> None:
     print(f"{task}: not exported: {reason}")
 
 
+def _predict_file(s) -> None:
+  """--mode=predict --predict_input: the file written and its rows."""
+  from mtbert_jax import console, evaluate  # pylint: disable=import-outside-toplevel
+  path, count = evaluate.predict_file_workdir(
+      _WORKDIR.value, _PREDICT_TASK.value, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value, s,
+      progress=console._interactive())  # pylint: disable=protected-access
+  print(f"{path} ({count:,} rows)")
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]} (flags are written --name=value)")
-  if (_CONFIG.value is None and _MODE.value != "export") or not _WORKDIR.value:
+  file_mode = _PREDICT_INPUT.value is not None
+  if file_mode and (_MODE.value != "predict" or not _PREDICT_TASK.value):
+    _fail("--predict_input goes with --mode=predict and --predict_task=sst|para|sts")
+  if not file_mode and (_PREDICT_TASK.value or _PREDICT_OUTPUT.value):
+    _fail("--predict_task and --predict_output go with --predict_input=FILE")
+  if (_CONFIG.value is None and _MODE.value != "export" and not file_mode) or not _WORKDIR.value:
     _fail("--config and --workdir are required, e.g. python launch.py "
           "--config=configs/quick.py --workdir=runs/quick (python launch.py --help)")
   runtime.quiet_library_logs()
@@ -155,6 +187,8 @@ def main(argv):
       s = settings.from_dict(_CONFIG.value.to_dict())
     if _MODE.value == "export":
       return _export(s)
+    if file_mode:
+      return _predict_file(s)
     if s.jax_cache_dir:
       jax.config.update("jax_compilation_cache_dir", os.path.expanduser(s.jax_cache_dir))
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
