@@ -64,8 +64,19 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 
 
 def _fail(message: str, code: int = 2):
-  """One line (or one short block) on stderr and exit: no traceback for a user's mistake."""
+  """One line (or one short block) on stderr and exit: no traceback for a user's mistake.
+
+  Once JAX and orbax are loaded (a failed restore, a refused workdir) the process ends at
+  once, without the interpreter's teardown: there, orbax's background event loops were
+  torn down mid-task and printed thousands of lines of "Exception ignored in: <coroutine
+  ...>" after the error. Nothing is left to flush or close: the lock is released with the
+  process, checkpoints are written whole or not at all."""
   print(f"error: {message}", file=sys.stderr)
+  if "jax" in sys.modules:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 

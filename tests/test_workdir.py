@@ -429,3 +429,20 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path):
   c.data.dir = str(tmp_path / "data.tgz")
   with pytest.raises(NotADirectoryError, match=r"--config.data.dir=.*data.tgz' is a file"):
     experiment.data_path(settings_lib.from_dict(c.to_dict()), "sst_train")
+
+
+def test_a_failed_restore_from_the_command_line_is_one_error_line(trained, tmp_path):
+  """Orbax's background loops, torn down by the interpreter's exit after the error, printed
+  thousands of lines of "Exception ignored in: <coroutine ...>" (some of the time: it
+  depends on where their tasks were); the launcher now ends the process at once."""
+  workdir = _copy(trained, tmp_path)
+  broken = _largest_file(os.path.join(workdir, "best", "6", "state"))
+  with open(broken, "r+b") as f:
+    f.truncate(os.path.getsize(broken) // 2)
+  proc = _launch(f"--config={os.path.join(REPO, 'configs/smoke.py')}", f"--workdir={workdir}",
+                 f"--config.model.checkpoint={trained[1].model.checkpoint}",
+                 "--config.jax_cache_dir=", "--config.eval.write_predictions=false",
+                 "--config.ckpt.keep=2", "--mode=eval")
+  assert proc.returncode == 1
+  assert "error: the best checkpoint" in proc.stderr and "does not restore" in proc.stderr
+  assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
