@@ -165,8 +165,8 @@ def _export(s) -> None:
 
 def _predict_file(s) -> None:
   """--mode=predict --predict_input: the file written and its rows."""
-  from mtbert_jax import console, evaluate  # pylint: disable=import-outside-toplevel
-  path, count = evaluate.predict_file_workdir(
+  from mtbert_jax import console, predict_file  # pylint: disable=import-outside-toplevel
+  path, count = predict_file.predict_file_workdir(
       _WORKDIR.value, _PREDICT_TASK.value, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value, s,
       progress=console._interactive())  # pylint: disable=protected-access
   print(f"{path} ({count:,} rows)")

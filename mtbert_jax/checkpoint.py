@@ -220,6 +220,17 @@ def check_saved_config(workdir: str, s: settings_lib.Settings, mode: str) -> Non
         "Use the training run's settings, or another --workdir.")
 
 
+def run_settings(workdir: str, s: settings_lib.Settings | None) -> settings_lib.Settings:
+  """The settings to evaluate, predict with or export a finished workdir: `s` checked
+  against its config.json and its checkpoints' config (a field that changes the model or
+  its inputs must agree), or with `s` None the run's own (`workdir_settings`)."""
+  if s is None:
+    return workdir_settings(workdir)
+  workdir_lib.check_contract(workdir, s, "eval")
+  check_saved_config(workdir, s, "eval")
+  return s
+
+
 def workdir_settings(workdir: str) -> settings_lib.Settings:
   """The settings a finished workdir was trained with: its config.json, checked against
   the config saved with its checkpoints (a hand-edited config.json is refused); with

@@ -195,11 +195,7 @@ def export_workdir(workdir: str, out_dir: str | None = None,
   out_dir = out_dir or os.path.join(workdir, "export")
   check_target(out_dir)
   with workdir_lib.lock(workdir, "export"):
-    if s is None:
-      s = ckpt_lib.workdir_settings(workdir)
-    else:
-      workdir_lib.check_contract(workdir, s, "eval")
-      ckpt_lib.check_saved_config(workdir, s, "eval")
+    s = ckpt_lib.run_settings(workdir, s)
     mt_model, params, _ = ckpt_lib.restore_best_params(s, workdir)
     metrics = {}
     path = os.path.join(workdir, "metrics.json")

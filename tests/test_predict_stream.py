@@ -19,6 +19,7 @@ import pytest
 
 from configs import smoke
 from mtbert_jax import evaluate as eval_lib
+from mtbert_jax import predict_file
 from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import train
@@ -129,7 +130,7 @@ def test_file_mode_round_trips_ids_and_predictions(trained, predictor, tmp_path)
   tsv = tmp_path / "reviews.tsv"
   _write_tsv(tsv, ["note", "sentence", "id"],
              [["x", s, f"r{i}"] for i, s in enumerate(sentences)])
-  path, count = eval_lib.predict_file_workdir(workdir, "sst", str(tsv))
+  path, count = predict_file.predict_file_workdir(workdir, "sst", str(tsv))
   assert path == os.path.join(workdir, "predictions", "reviews-sst-output.tsv")
   assert count == len(sentences)
   header, rows = _read_output(path)
@@ -142,7 +143,7 @@ def test_file_mode_round_trips_ids_and_predictions(trained, predictor, tmp_path)
   csv_in, out = tmp_path / "pairs.csv", tmp_path / "out" / "sts.tsv"
   _write_tsv(csv_in, ["id", "sentence1", "sentence2"],
              [[f"p{i}", a, b] for i, (a, b) in enumerate(PAIRS)], delimiter=",")
-  eval_lib.predict_file_workdir(workdir, "sts", str(csv_in), str(out))
+  predict_file.predict_file_workdir(workdir, "sts", str(csv_in), str(out))
   header, rows = _read_output(out)
   assert header == ["id", "similarity"] and [r[0] for r in rows] == [f"p{i}" for i in
                                                                     range(len(PAIRS))]
@@ -191,7 +192,7 @@ def test_bad_input_names_the_file_and_line(tmp_path, name, text, task, message):
   path = tmp_path / name
   path.write_text(text, encoding="utf-8")
   with pytest.raises(readers.DataError, match=f"^{path}: {message}"):
-    list(eval_lib.read_inputs(str(path), task))
+    list(predict_file.read_inputs(str(path), task))
 
 
 def test_an_error_after_the_first_chunk_leaves_no_output(predictor, tmp_path):
@@ -201,10 +202,10 @@ def test_an_error_after_the_first_chunk_leaves_no_output(predictor, tmp_path):
       f.write(json.dumps({"id": i, "sentence": s}) + "\n")
     f.write("{not json}\n")
   with pytest.raises(readers.DataError, match=rf"{path}: line {len(SENTENCES) + 1}: not valid"):
-    eval_lib.predict_file(predictor, "sst", str(path), str(out), chunk_size=4)
+    predict_file.predict_file(predictor, "sst", str(path), str(out), chunk_size=4)
   assert os.listdir(tmp_path) == ["late.jsonl"]
   empty = tmp_path / "empty.tsv"
   empty.write_text("id\tsentence\n", encoding="utf-8")
   with pytest.raises(readers.DataError, match="no rows to predict"):
-    eval_lib.predict_file(predictor, "sst", str(empty), str(out))
+    predict_file.predict_file(predictor, "sst", str(empty), str(out))
   assert not out.exists()
