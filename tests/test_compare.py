@@ -58,8 +58,8 @@ def test_the_interval_covers_a_small_planted_difference_about_95_percent_of_the_
   # Not covering by being uselessly wide: the difference's sd here is 0.0225 (each row's
   # mean of 3 seeds: Bernoulli noise sqrt(.25/400/3) = 0.0144 and seed offsets
   # 0.02/sqrt(3)/sqrt(3) = 0.0067), a 95% width of 0.088. The two-level bootstrap counts
-  # the example noise of seeds that err on independent examples twice (measured mean
-  # width 0.122): conservative, by at most 1.6x here.
+  # the example noise of seeds that err on independent examples twice, so it is wider
+  # (conservative); 1.6x bounds that excess (docs/results_notes.md).
   assert np.mean(widths) < 1.6 * 0.088
 
 
