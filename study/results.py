@@ -250,14 +250,15 @@ def selection_lines(results: dict) -> list[str]:
   if not chosen:
     return []
   lines = [f"## Selection on the validation split ({chosen.get('date', '')})", "",
-           "| choice | metric | rows compared (mean over their seeds then) | chosen |",
-           "|---|---|---|---|"]
+           "| choice | metric | seeds | rows compared (mean over those seeds) | chosen |",
+           "|---|---|---|---|---|"]
   for name, c in chosen.items():
     if not isinstance(c, dict):
       continue
     compared = ", ".join(f"`{r}` {v:.4f}" for r, v in sorted(c["compared"].items(),
                                                              key=lambda kv: -kv[1]))
-    lines.append(f"| {name} | {c['metric']} | {compared} | `{c['chosen']}` |")
+    seeds = c.get("seeds") if isinstance(c.get("seeds"), list) else "each row's own"
+    lines.append(f"| {name} | {c['metric']} | {seeds} | {compared} | `{c['chosen']}` |")
   return lines + [""]
 
 

@@ -7,7 +7,7 @@
 1. Selection (`--select`): among the runs of the search groups in docs/results.json, for
    each task the single-task row (`<task>/<variant>` of `configs/protocol.py`) with the
    best mean validation metric of that task, and the multitask row with the best mean
-   validation average. Only the validation split (carved from train,
+   validation average, each mean over the seeds that all compared rows have. Only the validation split (carved from train,
    `data.valid_fraction`) is read; the choice, the rows compared and their values are
    recorded under "selection".
 2. Final rows (`--final`): each chosen row trains its missing seeds (the search's runs are
@@ -57,12 +57,20 @@ def select(results: dict) -> dict:
   choice = {}
 
   def best(candidates: list[str], key: str, what: str) -> dict:
-    values = {r: rows[r][key]["mean"] for r in candidates if key in rows[r]}
-    if not values:
+    # Rows are compared on the seeds they all have: the final row gains seeds while the
+    # others keep the search's one, and a mean over more seeds is not the same statistic.
+    per_seed = {r: {run["seed"]: run["metrics"][key] for run in rows[r]["runs"]
+                    if key in run["metrics"]} for r in candidates if r in rows}
+    per_seed = {r: v for r, v in per_seed.items() if v}
+    if not per_seed:
       raise ValueError(f"no run of {what} has {key}: run the search first")
+    seeds = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    if not seeds:
+      raise ValueError(f"the runs of {what} share no seed: "
+                       + "; ".join(f"{r} has seeds {sorted(v)}" for r, v in per_seed.items()))
+    values = {r: float(np.mean([v[s] for s in seeds])) for r, v in per_seed.items()}
     chosen = max(values, key=values.get)
-    return {"metric": key, "compared": values, "chosen": chosen,
-            "seeds": {r: rows[r]["seeds"] for r in values}}
+    return {"metric": key, "compared": values, "chosen": chosen, "seeds": seeds}
 
   for task in protocol.SINGLE_TASK_STEPS:
     candidates = [r for r in groups.get(SINGLE_GROUP, []) if r.startswith(f"{task}/")]

@@ -46,6 +46,21 @@ def test_selection_reads_the_validation_split_only(tmp_path):
   assert chosen["sst"]["metric"] == "valid/sst_acc"
   assert chosen["sst"]["compared"] == {"sst/base": 0.50, "sst/lr2e-4": 0.52}
   assert chosen["multitask"]["metric"] == "valid/average"
+  assert chosen["sst"]["seeds"] == [0]
+
+
+def test_selection_compares_rows_on_their_common_seeds(tmp_path):
+  """A row with more seeds is compared on the seeds the others have: sst/base's seed 1
+  (0.60) would otherwise lift its mean above sst/lr2e-4's seed-0 value."""
+  _run(tmp_path, "sst/base", 1, {"valid/sst_acc": 0.60})
+  results_ = _search(tmp_path)
+  chosen = verdict.select(results_)
+  assert chosen["sst"]["chosen"] == "sst/lr2e-4"
+  assert chosen["sst"]["compared"]["sst/base"] == pytest.approx(0.50)
+  _run(tmp_path, "sst/lr2e-4", 2, {"valid/sst_acc": 0.40})
+  os.remove(os.path.join(results.run_dir(str(tmp_path), "sst/lr2e-4", 0), "run.json"))
+  with pytest.raises(ValueError, match="share no seed"):
+    verdict.select(results.collect(str(tmp_path), {"groups": results_["groups"]}))
 
 
 def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
