@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""           # HF BERT folder; "" = embedded all-MiniLM-L6-v2
   c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (weights stay f32)
+                                    # | "auto": bfloat16 only where the hardware has it (AMX /
+                                    # AVX-512 BF16 CPU, TPU, GPU >= sm80), else float32; logged
   c.model.kernels = "auto"          # layer implementations: "flax" (plain nn.Dense,
                                     # nn.LayerNorm, nn.Dropout) | "xla_cpu" (mtbert_jax/
                                     # xla_cpu.py: forms XLA:CPU runs fast, other dropout
@@ -151,7 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.buckets = ()               # padded lengths for evaluation; () = data.buckets. Finer
                                     # buckets pad less (forward-only steps compile quickly)
   c.eval.dtype = ""                 # compute dtype of evaluation and prediction: "" = the
-                                    # model's (model.dtype) | "float32" | "bfloat16"
+                                    # model's (model.dtype) | "float32" | "bfloat16" | "auto"
   c.eval.both_orders = False        # paraphrase and STS: the mean output (logit, score) over
                                     # each pair as (a, b) and as (b, a); twice their eval cost
   c.eval.dev = True                 # score the dev sets after training (metrics dev/*); false

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 def make_output_fns(mt_model: heads_lib.MultitaskModel, dtype: str = "") -> dict[str, Callable]:
   """Jitted `fn(params, batch) -> task output [B]` per evaluated task, dropout off, in the
-  compute `dtype` ("" = the model's; the parameters stay as they are)."""
+  compute `dtype` ("" = the model's, "auto" = `experiment.compute_dtype`; the parameters
+  stay as they are)."""
   if dtype:
+    dtype = experiment.compute_dtype(dtype, "eval.dtype")
     mt_model = mt_model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
   def output_fn(task: tasks_lib.Task):
     def fn(params, batch):

@@ -22,6 +22,7 @@ from mtbert_jax import heads as heads_lib
 from mtbert_jax import model as model_lib
 from mtbert_jax import paths
 from mtbert_jax import readers
+from mtbert_jax import runtime
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import tokenization
 from mtbert_jax.settings import ConfigError, Settings
@@ -83,9 +84,31 @@ def build_model(s: Settings, load_weights: bool = True
   if s.model.attention_dropout >= 0:
     overrides["attention_probs_dropout_prob"] = s.model.attention_dropout
   bert_cfg = bert_cfg.replace(**overrides)
-  mt_model = heads_lib.MultitaskModel(bert_cfg, head_settings(s), dtype=_DTYPES[s.model.dtype],
+  dtype = compute_dtype(s.model.dtype, "model.dtype")
+  mt_model = heads_lib.MultitaskModel(bert_cfg, head_settings(s), dtype=_DTYPES[dtype],
                                       remat=s.model.remat)
   return mt_model, bert_params
+
+
+def compute_dtype(dtype: str, flag: str = "") -> str:
+  """A compute dtype, with "auto" resolved for the backend JAX runs on: bfloat16 where the
+  hardware multiplies it natively (a CPU with AMX or AVX-512 BF16, a TPU, an NVIDIA GPU of
+  compute capability 8.0 or later), else float32. With `flag`, the choice is logged."""
+  if dtype != "auto":
+    return dtype
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    native, why = runtime.native_bfloat16(), "this CPU's flags (AMX-BF16 / AVX-512 BF16)"
+  elif device.platform == "gpu":
+    capability = getattr(device, "compute_capability", "0")
+    native = float(capability) >= 8.0
+    why = f"GPU compute capability {capability}"
+  else:
+    native, why = device.platform == "tpu", f"platform {device.platform}"
+  chosen = "bfloat16" if native else "float32"
+  if flag:
+    log.info("%s=auto: %s (%s)", flag, chosen, why)
+  return chosen
 
 
 def _attention_impl(s: Settings, bert_cfg: model_lib.BertConfig) -> str:
@@ -94,7 +117,7 @@ def _attention_impl(s: Settings, bert_cfg: model_lib.BertConfig) -> str:
     if jax.default_backend() != "gpu":
       raise ConfigError(f"--config.model.attention=cudnn needs a GPU; JAX runs on "
                         f"{jax.default_backend()!r} here (use 'xla')")
-    if s.model.dtype != "bfloat16":
+    if compute_dtype(s.model.dtype) != "bfloat16":
       raise ConfigError(f"--config.model.attention=cudnn needs --config.model.dtype=bfloat16 "
                         f"(cuDNN's fused attention has no float32 kernel); got "
                         f"{s.model.dtype!r}")

@@ -80,7 +80,7 @@ class ModelSettings:
   attention: str
 
   def __post_init__(self):
-    _one_of("model.dtype", self.dtype, ("float32", "bfloat16"))
+    _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "auto"))
     _one_of("model.kernels", self.kernels, ("auto", "flax", "xla_cpu"))
     _one_of("model.attention", self.attention, ("xla", "cudnn"))
     for name in ("hidden_dropout", "attention_dropout"):
@@ -288,7 +288,7 @@ class EvalSettings:
 
   def __post_init__(self):
     _at_least("eval.batch_size", self.batch_size, 1)
-    _one_of("eval.dtype", self.dtype, ("", "float32", "bfloat16"))
+    _one_of("eval.dtype", self.dtype, ("", "float32", "bfloat16", "auto"))
     if self.buckets and (list(self.buckets) != sorted(set(self.buckets))
                          or min(self.buckets) < 1):
       _fail("eval.buckets", self.buckets, "increasing positive lengths, or () for data.buckets")
