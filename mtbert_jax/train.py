@@ -554,8 +554,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                            {"devices": device_summary(), "windows": windows})
   log.info("training done: best %s average %.4f at step %d; evaluating it", split,
            best_score, best_step)
-  _, best_params, _ = ckpt_lib.restore_best_params(s, workdir)
-  best_params = sharder.replicate(best_params)
+  best_params = sharder.replicate(eval_lib.best_params(mt_model, workdir))
   reuse = None
   if best_results is not None and best_results[0] == best_step:
     reuse = {split: best_results[1:]}  # same params (restored bit-exact), same sets
