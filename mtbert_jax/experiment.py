@@ -23,6 +23,7 @@ from mtbert_jax import model as model_lib
 from mtbert_jax import paths
 from mtbert_jax import readers
 from mtbert_jax import tasks as tasks_lib
+from mtbert_jax import tfds_source
 from mtbert_jax import tokenization
 from mtbert_jax.settings import ConfigError, Settings
 
@@ -115,8 +116,7 @@ def data_path(s: Settings, field: str) -> str | None:
   value = getattr(s.data, field)
   if not value:
     return None
-  if readers.is_tfds(value):  # a TFDS dataset: its name is checked now, the rest on opening
-    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+  if tfds_source.is_tfds(value):  # a TFDS dataset: the name is checked now, the rest on opening
     tfds_source.parse_tfds(value)
     return value
   if os.path.isabs(value):

@@ -19,6 +19,7 @@ import pytest
 from mtbert_jax import data
 from mtbert_jax import paths
 from mtbert_jax import readers
+from mtbert_jax import sources
 
 BUCKETS = (8, 16, 32)
 
@@ -234,10 +235,27 @@ def test_missing_file_and_unmapped_label(tmp_path):
     readers.read_sentiment(path, num_classes=2, label_map={0: 0})
 
 
-def test_empty_label_column_reads_as_unlabeled(tmp_path):
+def test_empty_label_column_reads_as_unlabeled(tmp_path, monkeypatch):
   path = _write(tmp_path, "test.csv", SST_HEADER + "0\ta\tgood\t\n1\tb\tbad\t\n")
+  opened = []
+  lines = readers._lines  # pylint: disable=protected-access
+  monkeypatch.setattr(readers, "_lines", lambda p: opened.append(p) or lines(p))
   rows = readers.read_sentiment(path)
   assert rows.labels is None and rows.ids == ["a", "b"]
+  assert opened == [path]  # the blank column is found in the same pass over the file
+  partly = _write(tmp_path, "partly.csv", SST_HEADER + "0\ta\tgood\t3\n1\tb\tbad\t\n")
+  with pytest.raises(readers.DataError, match=r"partly.csv: line 3: column 'sentiment' is "):
+    readers.read_sentiment(partly)
+  assert readers.read_sentiment(partly, on_invalid="skip").labels.tolist() == [3]
+
+
+def test_sources_read_a_file_with_the_readers(data_dir):
+  """A data path that is not `tfds:...` is read by `readers` (test_tfds.py: the others)."""
+  path = os.path.join(data_dir, "cs224n", "sts-dev.csv")
+  ours, theirs = (sources.read_pairs(path, "similarity", tfds_dir="/nonexistent"),
+                  readers.read_pairs(path, "similarity"))
+  assert ours.ids == theirs.ids and ours.texts_b == theirs.texts_b
+  np.testing.assert_array_equal(ours.labels, theirs.labels)
 
 
 # ---------------------------------------------------------------------------------------
