@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mtbert_jax.readers import DataError, PairRows, SentenceRows, TripletRows  # noqa: F401
+from mtbert_jax.readers import PairRows, SentenceRows, TripletRows
 
 # Segment name -> suffix of its batch keys: "" gives `input_ids`, "1" gives `input_ids_1`.
 SEGMENT_SUFFIX = {"": "", "1": "_1", "2": "_2", "3": "_3"}

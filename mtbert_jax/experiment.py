@@ -191,15 +191,15 @@ def load_split(s: Settings, tok, task: str, split: str,
     return None
   tokset = _load(s, tok, tasks_lib.get(task), path, reverse)
   if split != "test" and tokset.labels is None and task != "nli":
-    raise data_lib.DataError(f"{path}: the {split} file of task {task} has no labels")
+    raise readers.DataError(f"{path}: the {split} file of task {task} has no labels")
   if carve and split in ("train", "valid"):
     if tokset.ids is None:
-      raise data_lib.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
+      raise readers.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
                                "row (the split is a hash of the id); this file has none")
     held_out = data_lib.in_validation_split(tokset.ids, s.data.valid_fraction)
     tokset = data_lib.select_rows(tokset, held_out if split == "valid" else ~held_out)
     if not len(tokset):
-      raise data_lib.DataError(f"{path}: --config.data.valid_fraction="
+      raise readers.DataError(f"{path}: --config.data.valid_fraction="
                                f"{s.data.valid_fraction} leaves no {split} rows")
   limit = {"train": s.data.train_limit, "dev": s.data.dev_limit}.get(split, 0)
   return data_lib.limit_rows(tokset, limit)
