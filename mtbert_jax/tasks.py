@@ -60,6 +60,7 @@ class Task:
   # output -> prediction per example (class id, 0/1, score); None: not evaluated.
   predict: Callable[[Array], Array] | None = None
   metric: str = ""                # dev metric key, e.g. "sst_acc" (-> "dev/sst_acc")
+  metric_label: str = ""          # the metric in table headings and figures, e.g. "SST acc"
   score: Callable[[np.ndarray, np.ndarray], float] | None = None  # (pred, gold) -> metric
   to_unit: Callable[[float], float] = lambda x: x  # metric -> [0, 1] for the leaderboard
   prediction_file: str = ""       # stem of `<stem>-<split>-output.csv`
@@ -146,7 +147,7 @@ TABLE: dict[str, Task] = {
                                                                s.train.label_smoothing),
         divergence=functools.partial(losses.symmetric_kl, reduce=False),
         predict=lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        metric="sst_acc", score=accuracy, prediction_file="sst",
+        metric="sst_acc", metric_label="SST acc", score=accuracy, prediction_file="sst",
         prediction_header="Predicted_Sentiment", extra_train_sources=_sentiment_extras),
     "para": Task(
         name="para", read=lambda path, d: sources.read_pairs(path, "paraphrase", d.on_invalid,
@@ -156,7 +157,7 @@ TABLE: dict[str, Task] = {
         loss=lambda out, y, w, s: losses.sigmoid_binary_cross_entropy(out, y, w),
         divergence=functools.partial(losses.symmetric_kl_binary, reduce=False),
         predict=lambda logit: (logit > 0).astype(jnp.int32),  # sigmoid(logit) > 0.5
-        metric="para_acc", score=accuracy, prediction_file="para",
+        metric="para_acc", metric_label="Quora acc", score=accuracy, prediction_file="para",
         prediction_header="Predicted_Is_Paraphrase"),
     "sts": Task(
         name="sts", read=lambda path, d: sources.read_pairs(path, "similarity", d.on_invalid,
@@ -165,7 +166,7 @@ TABLE: dict[str, Task] = {
         segments=_pair_segments(_sts_joint), output="sts_output",
         loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
         divergence=functools.partial(losses.mse_divergence, reduce=False),
-        predict=lambda score: score, metric="sts_pearson", score=pearson,
+        predict=lambda score: score, metric="sts_pearson", metric_label="STS r", score=pearson,
         to_unit=lambda r: (r + 1) / 2, prediction_file="sts",
         prediction_header="Predicted_Similiary",  # sic: the course's spelling
         format_value=lambda v: repr(float(v))),

@@ -388,7 +388,7 @@ def figure_results(plt, table: dict, rows: Sequence[str], baselines: dict | None
 def draw_figures(out: str, results: dict) -> dict[str, str]:
   """A figure per group of rows (`figure_results`); {group: file name}."""
   from mtbert_jax import report  # pylint: disable=import-outside-toplevel
-  plt = report._pyplot()  # pylint: disable=protected-access
+  plt = report.pyplot()
   names = {}
   folder = os.path.dirname(out) or "."
   for group, rows in results["groups"].items():
@@ -467,7 +467,7 @@ def main(argv):
   if _FIGURES.value:  # before any run: a missing matplotlib should not wait hours to show
     from mtbert_jax import report  # pylint: disable=import-outside-toplevel
     try:
-      report._pyplot()  # pylint: disable=protected-access
+      report.pyplot()
     except report.ReportError as e:
       raise app.UsageError(f"{e}; or --nofigures for the tables alone") from None
   out, workdir = _OUT.value, _WORKDIR.value
