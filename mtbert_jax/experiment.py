@@ -195,12 +195,12 @@ def load_split(s: Settings, tok, task: str, split: str,
   if carve and split in ("train", "valid"):
     if tokset.ids is None:
       raise readers.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
-                               "row (the split is a hash of the id); this file has none")
+                              "row (the split is a hash of the id); this file has none")
     held_out = data_lib.in_validation_split(tokset.ids, s.data.valid_fraction)
     tokset = data_lib.select_rows(tokset, held_out if split == "valid" else ~held_out)
     if not len(tokset):
       raise readers.DataError(f"{path}: --config.data.valid_fraction="
-                               f"{s.data.valid_fraction} leaves no {split} rows")
+                              f"{s.data.valid_fraction} leaves no {split} rows")
   limit = {"train": s.data.train_limit, "dev": s.data.dev_limit}.get(split, 0)
   return data_lib.limit_rows(tokset, limit)
 

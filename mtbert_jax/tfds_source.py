@@ -135,8 +135,8 @@ def _check_tfds_labels(spec: str, labels: np.ndarray, low: float, high: float,
 
 
 def read_sentiment(spec: str, data_dir: str | None, num_classes: int = 5,
-                        label_map: dict[int, int] | None = None,
-                        on_invalid: str = "raise") -> readers.SentenceRows:
+                   label_map: dict[int, int] | None = None,
+                   on_invalid: str = "raise") -> readers.SentenceRows:
   ids, texts, _, labels = _tfds_rows(spec, "sentences", data_dir, on_invalid)
   if labels is not None:
     _check_tfds_labels(spec, labels, 0, num_classes - 1, True)
@@ -147,7 +147,7 @@ def read_sentiment(spec: str, data_dir: str | None, num_classes: int = 5,
 
 
 def read_pairs(spec: str, task: str, data_dir: str | None,
-                    on_invalid: str = "raise") -> readers.PairRows:
+               on_invalid: str = "raise") -> readers.PairRows:
   ids, a, b, labels = _tfds_rows(spec, "pairs", data_dir, on_invalid)
   if labels is not None:
     if task == "paraphrase":
