@@ -1,7 +1,7 @@
 """The paper's ablation rows (Figure 3): each adds one extension to the baseline.
 
   python launch.py --config=configs/ablation.py:smart --workdir=runs/ablation/smart
-  python -m mtbert_jax.analysis --rows=all --workdir=runs/ablation   # every row + the table
+  python -m study.ablation --rows=all --workdir=runs/ablation   # every row + the table
 
 ROW is one of: baseline, prompting, smart, task_weighting, simcse, tweets, full (every
 extension the paper adopted, at once; `configs/full.py` is instead the recipe that won the

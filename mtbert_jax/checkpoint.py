@@ -9,8 +9,8 @@ previous checkpoint intact.
 
 A step that does not restore (a truncated or missing file) is reported in one line, and
 the newest intact step before it is used instead, saying so; with none left the error says
-what to do. `restore_best_params` (shared by the end of training, eval mode and
-`Predictor`) restores the best parameters into the configured model.
+what to do. `read_best_params` restores the best parameters into the skeleton of a model
+that its caller built (`evaluate.restore_best` builds one from the settings).
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mtbert_jax import experiment
-from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import workdir as workdir_lib
 
@@ -127,7 +124,7 @@ class Checkpoints:
           state=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
     except ValueError as e:
       if "structure" in str(e).lower() or "shape" in str(e).lower():
-        raise  # a checkpoint of another model: restore_best_params names it
+        raise  # a checkpoint of another model: read_best_params names it
       raise CheckpointError(f"the best checkpoint {self.best.directory}/{step} does not "
                             f"restore ({_first_line(e)})") from e
     except Exception as e:  # orbax/TensorStore raise many types
@@ -251,18 +248,16 @@ def workdir_settings(workdir: str) -> settings_lib.Settings:
 # The best parameters of a workdir.
 
 
-def restore_best_params(s: settings_lib.Settings, workdir: str):
-  """(model, best params, tokenizer) of a workdir's best checkpoint."""
-  mt_model, _ = experiment.build_model(s, load_weights=False)
-  tok = experiment.tokenizer(s)
-  like = jax.eval_shape(lambda: heads_lib.init_params(mt_model, jax.random.key(0)))
-  like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), like)
+def read_best_params(workdir: str, params_like: Any) -> Any:
+  """The parameters of a workdir's best checkpoint, restored with the structure, shapes,
+  dtypes and shardings of `params_like`; a checkpoint of another structure or shape is a
+  ValueError that says so."""
   ckpts = Checkpoints(workdir, create=False)
   try:
-    params, _ = ckpts.restore_best(like)
+    params, _ = ckpts.restore_best(params_like)
   except ValueError as e:
     raise ValueError(f"the best checkpoint in {workdir} does not fit the configured model "
                      f"({e})") from e
   finally:
     ckpts.close()
-  return mt_model, params, tok
+  return params

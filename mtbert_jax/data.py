@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mtbert_jax.readers import DataError, PairRows, SentenceRows, TripletRows  # noqa: F401
+from mtbert_jax.readers import PairRows, SentenceRows, TripletRows
 
 # Segment name -> suffix of its batch keys: "" gives `input_ids`, "1" gives `input_ids_1`.
 SEGMENT_SUFFIX = {"": "", "1": "_1", "2": "_2", "3": "_3"}
@@ -152,8 +152,7 @@ def _file_key(path: str) -> tuple[str, int, int]:
 def tokenize_once(path: str, tokenizer: Any, options: tuple[Any, ...],
                   build: Callable[[], TokenizedSet]) -> TokenizedSet:
   """`build()` once per (file version, tokenizer vocabulary, `options`) in this process:
-  a run reads its dev files for periodic and final evaluation, the ablation runner the
-  same files for every row."""
+  a run reads its dev files for periodic and final evaluation."""
   vocab_file = os.path.abspath(getattr(tokenizer, "vocab_file", "") or "")
   vocab_key = _file_key(vocab_file) if os.path.isfile(vocab_file) else (vocab_file, 0, 0)
   path_key = _file_key(path) if os.path.exists(path) else (path, 0, 0)  # e.g. tfds:...

@@ -210,6 +210,20 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
   return metrics
 
 
+def best_params(mt_model: heads_lib.MultitaskModel, workdir: str) -> dict:
+  """The parameters of a workdir's best checkpoint for `mt_model` (on the default device)."""
+  like = jax.eval_shape(lambda: heads_lib.init_params(mt_model, jax.random.key(0)))
+  like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), like)
+  return ckpt_lib.read_best_params(workdir, like)
+
+
+def restore_best(s: Settings, workdir: str):
+  """(model, best params, tokenizer) of a workdir's best checkpoint, the model and the
+  tokenizer built from `s` (for eval, predict and export, which have no model yet)."""
+  mt_model, _ = experiment.build_model(s, load_weights=False)
+  return mt_model, best_params(mt_model, workdir), experiment.tokenizer(s)
+
+
 def evaluate_workdir(workdir: str, s: Settings | None = None,
                      score: bool = True) -> dict[str, float]:
   """`--mode=eval` (dev metrics, metrics.json, dev and test predictions) or, without
@@ -225,7 +239,7 @@ def evaluate_workdir(workdir: str, s: Settings | None = None,
     if not score and not any(getattr(s.data, f"{t}_test") for t in tasks_lib.EVAL_TASKS):
       raise settings_lib.ConfigError("--mode=predict writes the test sets' predictions, and "
                                      "no --config.data.*_test file is configured")
-    mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+    mt_model, params, tok = restore_best(s, workdir)
     sharder = sharding.Sharder(sharding.make_mesh())
     ckpts = ckpt_lib.Checkpoints(workdir, create=False)
     step = ckpts.best_step()
@@ -334,7 +348,7 @@ class Predictor:
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> "Predictor":
     """The best checkpoint, with the run's lengths and `eval.both_orders`."""
     s = ckpt_lib.workdir_settings(workdir_lib.prepare(workdir, create=False))
-    mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+    mt_model, params, tok = restore_best(s, workdir)
     return cls(mt_model, params, tok, s.data.max_length, s.eval_buckets, batch_size,
                s.eval.both_orders)
 

@@ -24,6 +24,7 @@ from mtbert_jax import paths
 from mtbert_jax import readers
 from mtbert_jax import runtime
 from mtbert_jax import tasks as tasks_lib
+from mtbert_jax import tfds_source
 from mtbert_jax import tokenization
 from mtbert_jax.settings import ConfigError, Settings
 
@@ -138,8 +139,7 @@ def data_path(s: Settings, field: str) -> str | None:
   value = getattr(s.data, field)
   if not value:
     return None
-  if readers.is_tfds(value):  # a TFDS dataset: its name is checked now, the rest on opening
-    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
+  if tfds_source.is_tfds(value):  # a TFDS dataset: the name is checked now, the rest on opening
     tfds_source.parse_tfds(value)
     return value
   if os.path.isabs(value):
@@ -214,16 +214,16 @@ def load_split(s: Settings, tok, task: str, split: str,
     return None
   tokset = _load(s, tok, tasks_lib.get(task), path, reverse)
   if split != "test" and tokset.labels is None and task != "nli":
-    raise data_lib.DataError(f"{path}: the {split} file of task {task} has no labels")
+    raise readers.DataError(f"{path}: the {split} file of task {task} has no labels")
   if carve and split in ("train", "valid"):
     if tokset.ids is None:
-      raise data_lib.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
-                               "row (the split is a hash of the id); this file has none")
+      raise readers.DataError(f"{path}: --config.data.valid_fraction needs a row id per "
+                              "row (the split is a hash of the id); this file has none")
     held_out = data_lib.in_validation_split(tokset.ids, s.data.valid_fraction)
     tokset = data_lib.select_rows(tokset, held_out if split == "valid" else ~held_out)
     if not len(tokset):
-      raise data_lib.DataError(f"{path}: --config.data.valid_fraction="
-                               f"{s.data.valid_fraction} leaves no {split} rows")
+      raise readers.DataError(f"{path}: --config.data.valid_fraction="
+                              f"{s.data.valid_fraction} leaves no {split} rows")
   limit = {"train": s.data.train_limit, "dev": s.data.dev_limit}.get(split, 0)
   return data_lib.limit_rows(tokset, limit)
 

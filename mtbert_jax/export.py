@@ -29,6 +29,7 @@ from typing import Any
 import jax
 
 from mtbert_jax import checkpoint as ckpt_lib
+from mtbert_jax import evaluate as eval_lib
 from mtbert_jax import experiment
 from mtbert_jax import export_card
 from mtbert_jax import export_heads
@@ -196,7 +197,7 @@ def export_workdir(workdir: str, out_dir: str | None = None,
   check_target(out_dir)
   with workdir_lib.lock(workdir, "export"):
     s = ckpt_lib.run_settings(workdir, s)
-    mt_model, params, _ = ckpt_lib.restore_best_params(s, workdir)
+    mt_model, params, _ = eval_lib.restore_best(s, workdir)
     metrics = {}
     path = os.path.join(workdir, "metrics.json")
     if os.path.isfile(path):

@@ -332,14 +332,6 @@ class BertModel(nn.Module):
       self.pool(hidden)  # create the pooler's parameters too
     return hidden.astype(jnp.float32)
 
-  def encode_and_pool(self, input_ids: Array, attention_mask: Array,
-                      token_type_ids: Array | None = None,
-                      deterministic: bool = True) -> tuple[Array, Array]:
-    """(last hidden state [B, L, H], pooler output [B, H]), both float32."""
-    hidden = self.encode(self.embed(input_ids, token_type_ids, deterministic), attention_mask,
-                         deterministic)
-    return hidden.astype(jnp.float32), self.pool(hidden).astype(jnp.float32)
-
 
 def init_params(cfg: BertConfig, rng: Array, seq_len: int = 8) -> dict:
   """Randomly initialised parameters (HF's normal(0.02) init), for tests and from-scratch use."""

@@ -24,13 +24,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from mtbert_jax import heads as heads_lib
 from mtbert_jax import losses
 from mtbert_jax import tasks as tasks_lib
+from mtbert_jax.heads import MultitaskModel
 from mtbert_jax.settings import Settings
 
 Array = jax.Array
-M = heads_lib.MultitaskModel
 _SEGMENT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -42,7 +41,7 @@ def stack_segments(batch: dict, suffixes: tuple[str, ...]) -> dict[str, Array]:
   return {k: jnp.concatenate([batch[f"{k}{s}"] for s in suffixes]) for k in _SEGMENT_KEYS}
 
 
-def _apply(model: M, params, method, *args, rng: Array | None = None):
+def _apply(model: MultitaskModel, params, method, *args, rng: Array | None = None):
   return model.apply({"params": params}, *args, rngs={} if rng is None else {"dropout": rng},
                      method=method)
 
@@ -70,27 +69,30 @@ class Forward:
   out: Any                   # the task's output (logits, logit, score, embeddings)
 
 
-def head(model: M, params, task: tasks_lib.Task, vectors: Array, rng: Array | None) -> Any:
+def head(model: MultitaskModel, params, task: tasks_lib.Task, vectors: Array,
+         rng: Array | None) -> Any:
   """The task's output of stacked sentence vectors (dropout on when `rng` is given)."""
-  return _apply(model, params, getattr(M, task.output), vectors, rng is None, rng=rng)
+  return _apply(model, params, getattr(MultitaskModel, task.output), vectors, rng is None,
+                rng=rng)
 
 
-def forward(model: M, params, task: tasks_lib.Task, batch: dict, rngs: Rngs) -> Forward:
+def forward(model: MultitaskModel, params, task: tasks_lib.Task, batch: dict,
+            rngs: Rngs) -> Forward:
   """Embeds, encodes and applies the head to the task's segments of `batch`, dropout on."""
   inputs = stack_segments(batch, task.segments(model.heads))
-  embeddings = _apply(model, params, M.embed, inputs["input_ids"], inputs["token_type_ids"],
-                      False, rng=rngs.embed)
-  vectors = _apply(model, params, M.vector_from_embeddings, embeddings,
+  embeddings = _apply(model, params, MultitaskModel.embed, inputs["input_ids"],
+                      inputs["token_type_ids"], False, rng=rngs.embed)
+  vectors = _apply(model, params, MultitaskModel.vector_from_embeddings, embeddings,
                    inputs["attention_mask"], False, rng=rngs.encode)
   return Forward(inputs, embeddings, vectors, head(model, params, task, vectors, rngs.head))
 
 
-def from_embeddings(model: M, params, task: tasks_lib.Task, mask: Array, rngs: Rngs
-                    ) -> Callable[[Array], Any]:
+def from_embeddings(model: MultitaskModel, params, task: tasks_lib.Task, mask: Array,
+                    rngs: Rngs) -> Callable[[Array], Any]:
   """embeddings -> task output with the step's dropout masks fixed (SMART, Bregman)."""
   def fwd(embeddings):
-    vectors = _apply(model, params, M.vector_from_embeddings, embeddings, mask, False,
-                     rng=rngs.encode)
+    vectors = _apply(model, params, MultitaskModel.vector_from_embeddings, embeddings, mask,
+                     False, rng=rngs.encode)
     return head(model, params, task, vectors, rngs.head)
   return fwd
 
@@ -98,7 +100,7 @@ def from_embeddings(model: M, params, task: tasks_lib.Task, mask: Array, rngs: R
 @dataclasses.dataclass(frozen=True)
 class Context:
   """What every term of a step's loss reads."""
-  model: M
+  model: MultitaskModel
   settings: Settings
   task: tasks_lib.Task
   params: Any
@@ -142,7 +144,7 @@ def bregman_term(ctx: Context) -> tuple[Array, dict]:
   """Divergence of the output from the EMA parameters' output on the same batch."""
   inputs = ctx.fwd.inputs
   ema = ctx.ema_params
-  ema_embeddings = _apply(ctx.model, ema, M.embed, inputs["input_ids"],
+  ema_embeddings = _apply(ctx.model, ema, MultitaskModel.embed, inputs["input_ids"],
                           inputs["token_type_ids"], False, rng=ctx.rngs.embed)
   ema_out = from_embeddings(ctx.model, ema, ctx.task, inputs["attention_mask"],
                             ctx.rngs)(ema_embeddings)
@@ -155,10 +157,10 @@ def simcse_unsup_term(ctx: Context) -> tuple[Array, dict]:
   """InfoNCE between the step's sentence vectors and a second encoding of the same
   sentences under new dropout masks, through the shared STS projection."""
   inputs, model, params = ctx.fwd.inputs, ctx.model, ctx.params
-  z1 = _apply(model, params, M.sts_embedding, ctx.fwd.vectors)
-  v2 = _apply(model, params, M.vector, inputs["input_ids"], inputs["attention_mask"],
+  z1 = _apply(model, params, MultitaskModel.sts_embedding, ctx.fwd.vectors)
+  v2 = _apply(model, params, MultitaskModel.vector, inputs["input_ids"], inputs["attention_mask"],
               inputs["token_type_ids"], False, rng=ctx.rngs.view)
-  z2 = _apply(model, params, M.sts_embedding, v2)
+  z2 = _apply(model, params, MultitaskModel.sts_embedding, v2)
   segments = len(ctx.task.segments(model.heads))
   reg = losses.simcse_loss(z1, z2, ctx.settings.simcse.temperature,
                            weights=jnp.tile(ctx.batch["weights"], segments))
@@ -181,7 +183,7 @@ def step_terms(s: Settings, task: tasks_lib.Task) -> list[tuple[str, float, Term
   return terms
 
 
-def loss(model: M, s: Settings, task: tasks_lib.Task, params, batch: dict, rng: Array,
+def loss(model: MultitaskModel, s: Settings, task: tasks_lib.Task, params, batch: dict, rng: Array,
          ema_params=None, terms: list[tuple[str, float, Term]] | None = None
          ) -> tuple[Array, dict[str, Array]]:
   """sum(weight * term) over `terms` (default: `step_terms(s, task)`), and the terms'

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import workdir as workdir_lib
-from mtbert_jax.evaluate import Predictor, StreamChunk, STREAM_CHUNK
+from mtbert_jax.evaluate import Predictor, StreamChunk, STREAM_CHUNK, restore_best
 from mtbert_jax.readers import DataError
 from mtbert_jax.settings import Settings
 
@@ -194,7 +194,7 @@ def predict_file_workdir(workdir: str, task: str, input_path: str,
   os.makedirs(os.path.dirname(output_path), exist_ok=True)
   with workdir_lib.lock(workdir, "predict"):
     s = ckpt_lib.run_settings(workdir, s)
-    mt_model, params, tok = ckpt_lib.restore_best_params(s, workdir)
+    mt_model, params, tok = restore_best(s, workdir)
     predictor = Predictor(mt_model, params, tok, s.data.max_length, s.eval_buckets,
                           s.eval.batch_size, s.eval.both_orders)
     count = predict_file(predictor, task, input_path, output_path, progress=progress)

@@ -4,8 +4,10 @@ The course's files are tab-separated (the NLI triplets and the tweets comma-sepa
 with a header row, text fields possibly quoted (`""` for a literal quote). Readers find
 columns by header name and fail with a `DataError` naming the file and the 1-based line for
 any malformed row; `on_invalid="skip"` skips such rows with a logged warning instead (the
-real `quora-dev.csv` has two rows with an empty label). Nothing here tokenizes or imports
-JAX: `data.py` turns rows into tokenized sets and batches.
+real `quora-dev.csv` has two rows with an empty label). Nothing here tokenizes, imports
+JAX or imports the rest of the package: `tfds_source.py` makes the same rows from TFDS
+datasets, `data.py` chooses between the two by the path and turns rows into tokenized sets
+and batches.
 """
 
 from __future__ import annotations
@@ -24,12 +26,6 @@ TWEET_LABELS = {"negative": 0, "neutral": 2, "positive": 4}
 SIMILARITY_MAX = 5.0
 
 _LOG = logging.getLogger(__name__)
-
-TFDS_PREFIX = "tfds:"  # a data path of this form names a TFDS dataset (tfds_source.py)
-
-
-def is_tfds(path: str) -> bool:
-  return path.startswith(TFDS_PREFIX)
 
 
 class DataError(ValueError):
@@ -135,7 +131,9 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
     path: the file.
     delimiter: field separator ("\\t" or ",").
     required: column names the header must contain.
-    optional: column names used when present.
+    optional: column names used when present; one that is blank in every row is left out
+      (a test file may carry an empty label column: it reads as unlabeled, while a column
+      blank in only some rows fails on those rows).
     parse_row: `(fields by column name, location) -> parsed row`; raises `DataError`.
     on_invalid: "raise", or "skip" a row that does not parse (bad quoting, field count,
       encoding or value), with one warning per file.
@@ -164,20 +162,37 @@ def _read_table(path: str, delimiter: str, required: Sequence[str], optional: Se
     elif name in required:
       raise DataError(f"{path}: line 1: header {header} lacks the required column {name!r} "
                       f"(expected columns {list(required)}, {sep_name}-separated)")
-  rows, skipped, sizes = [], [], []
+  # Every line split first: which optional columns are blank throughout decides how the
+  # rows parse.
+  split_lines: list[tuple[int, int, list[str] | DataError]] = []
   for number, text in lines:
+    if isinstance(text, DataError):
+      split_lines.append((number, 0, text))
+      continue
+    if not text.strip():
+      continue  # A blank line holds no row.
     where = f"{path}: line {number}"
     try:
-      if isinstance(text, DataError):
-        raise text
-      if not text.strip():
-        continue  # A blank line holds no row.
       fields = _split(text, delimiter, where)
       if len(fields) != len(header):
         raise DataError(f"{where}: expected {len(header)} {sep_name}-separated fields as in "
                         f"the header, got {len(fields)}")
+    except DataError as e:
+      fields = e
+    split_lines.append((number, len(text), fields))
+  well_formed = [f for _, _, f in split_lines if not isinstance(f, DataError)]
+  for name in optional:
+    if name in columns and well_formed and not any(f[columns[name]].strip()
+                                                   for f in well_formed):
+      del columns[name]
+  rows, skipped, sizes = [], [], []
+  for number, size, fields in split_lines:
+    where = f"{path}: line {number}"
+    try:
+      if isinstance(fields, DataError):
+        raise fields
       rows.append(parse_row({name: fields[i] for name, i in columns.items()}, where))
-      sizes.append((number, len(text)))
+      sizes.append((number, size))
     except DataError as e:
       if on_invalid == "raise":
         raise DataError(f"{e} (--config.data.on_invalid=skip skips such rows with a "
@@ -254,18 +269,14 @@ def _class_label(fields: dict[str, str], name: str, where: str, num_classes: int
   return int(number)
 
 
-def _labels_or_none(values: list[Any], path: str, dtype: Any) -> np.ndarray | None:
-  """Labels as an array; None when the label column is absent or empty in every row."""
-  if all(v is None for v in values):
-    return None
-  missing = [i for i, v in enumerate(values) if v is None]
-  if missing:  # Cannot happen: a partly empty label column fails row by row.
-    raise DataError(f"{path}: {len(missing)} rows lack a label while others have one")
-  return np.asarray(values, dtype)
+def _labels_or_none(values: list[Any], dtype: Any) -> np.ndarray | None:
+  """Labels as an array; None when the file has no label column (absent, or blank in every
+  row: `_read_table` leaves it out, so every row has a label or none has)."""
+  return None if not values or values[0] is None else np.asarray(values, dtype)
 
 
 def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | None = None,
-                   on_invalid: str = "raise", tfds_dir: str | None = None) -> SentenceRows:
+                   on_invalid: str = "raise") -> SentenceRows:
   """Reads a course sentiment file (columns `id`, `sentence`, optional `sentiment`).
 
   Args:
@@ -277,16 +288,11 @@ def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | 
 
   Returns:
     `SentenceRows`; `labels` is None when the file has no (or an all-empty) label column.
-    A `tfds:NAME:SPLIT` path reads a prepared TFDS dataset instead (`tfds_dir`: its
-    data_dir).
   """
-  if is_tfds(path):
-    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
-    return tfds_source.read_sentiment(path, tfds_dir, num_classes, label_map, on_invalid)
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, int | None]:
     label = None
-    if "sentiment" in fields and (fields["sentiment"].strip() or not all_empty_ok):
+    if "sentiment" in fields:
       label = _class_label(fields, "sentiment", where, num_classes)
       if label_map is not None:
         if label not in label_map:
@@ -294,15 +300,13 @@ def read_sentiment(path: str, num_classes: int = 5, label_map: dict[int, int] | 
         label = label_map[label]
     return _text(fields, "id", where), _text(fields, "sentence", where), label
 
-  all_empty_ok = _label_column_all_empty(path, "\t", "sentiment")
   rows = _read_table(path, "\t", ["id", "sentence"], ["sentiment"], parse, on_invalid)
   _warn_duplicate_ids(path, [r[0] for r in rows])
   return SentenceRows(ids=[r[0] for r in rows], texts=[r[1] for r in rows],
-                      labels=_labels_or_none([r[2] for r in rows], path, np.int32))
+                      labels=_labels_or_none([r[2] for r in rows], np.int32))
 
 
-def read_pairs(path: str, task: str, on_invalid: str = "raise",
-               tfds_dir: str | None = None) -> PairRows:
+def read_pairs(path: str, task: str, on_invalid: str = "raise") -> PairRows:
   """Reads a course pair file (`id`, `sentence1`, `sentence2`, optional label column).
 
   Args:
@@ -320,13 +324,10 @@ def read_pairs(path: str, task: str, on_invalid: str = "raise",
     label_column = "similarity"
   else:
     raise ValueError(f"task must be 'paraphrase' or 'similarity', got {task!r}")
-  if is_tfds(path):
-    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
-    return tfds_source.read_pairs(path, task, tfds_dir, on_invalid)
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, str, float | None]:
     label = None
-    if label_column in fields and (fields[label_column].strip() or not all_empty_ok):
+    if label_column in fields:
       if task == "paraphrase":
         label = _class_label(fields, label_column, where, 2)
       else:
@@ -337,23 +338,17 @@ def read_pairs(path: str, task: str, on_invalid: str = "raise",
     return (_text(fields, "id", where), _text(fields, "sentence1", where),
             _text(fields, "sentence2", where), label)
 
-  all_empty_ok = _label_column_all_empty(path, "\t", label_column)
   rows = _read_table(path, "\t", ["id", "sentence1", "sentence2"], [label_column], parse,
-                        on_invalid)
+                     on_invalid)
   _warn_duplicate_ids(path, [r[0] for r in rows])
   dtype = np.int32 if task == "paraphrase" else np.float32
   return PairRows(ids=[r[0] for r in rows], texts_a=[r[1] for r in rows],
                   texts_b=[r[2] for r in rows],
-                  labels=_labels_or_none([r[3] for r in rows], path, dtype))
+                  labels=_labels_or_none([r[3] for r in rows], dtype))
 
 
-def read_triplets(path: str, on_invalid: str = "raise",
-                  tfds_dir: str | None = None) -> TripletRows:
-  """Reads the comma-separated SimCSE NLI file (columns `sent0`, `sent1`, `hard_neg`), or
-  builds triplets (premise, an entailed, a contradicting hypothesis) from a TFDS NLI set."""
-  if is_tfds(path):
-    from mtbert_jax import tfds_source  # pylint: disable=import-outside-toplevel
-    return tfds_source.read_triplets(path, tfds_dir, on_invalid)
+def read_triplets(path: str, on_invalid: str = "raise") -> TripletRows:
+  """Reads the comma-separated SimCSE NLI file (columns `sent0`, `sent1`, `hard_neg`)."""
 
   def parse(fields: dict[str, str], where: str) -> tuple[str, str, str]:
     return (_text(fields, "sent0", where), _text(fields, "sent1", where),
@@ -392,34 +387,3 @@ def _warn_duplicate_ids(path: str, ids: list[str]) -> None:
     shown = ", ".join(f"{i!r} ({n}x)" for i, n in list(repeated.items())[:_SHOWN])
     _LOG.warning("%s: %d id(s) occur more than once (%s%s); their rows are all kept", path,
                  len(repeated), shown, ", ..." if len(repeated) > _SHOWN else "")
-
-
-def _label_column_all_empty(path: str, delimiter: str, name: str) -> bool:
-  """Whether `name` is a header column that is blank in every row (an unlabeled file).
-
-  A test file may carry an empty label column; it then reads as unlabeled rather than
-  failing on every row. A column that is blank in only some rows is an error per row.
-  Lines that do not parse are left to `_read_table` to report.
-  """
-  if not os.path.isfile(path):
-    return False
-  header, seen = None, False
-  for number, text in _lines(path):
-    if isinstance(text, DataError) or not text.strip():
-      continue
-    try:
-      fields = _split(text, delimiter, "")
-    except DataError:
-      continue
-    if header is None:
-      header = [n.strip() for n in fields]
-      if name not in header:
-        return False
-      column = header.index(name)
-      continue
-    if len(fields) == len(header):
-      seen = True
-      if fields[column].strip():
-        return False
-    del number
-  return seen

@@ -43,9 +43,9 @@ from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import workdir as workdir_lib
 
-METRIC_KEYS = (("sst", "dev/sst_acc", "SST accuracy"), ("para", "dev/para_acc",
-                                                        "Quora accuracy"),
-               ("sts", "dev/sts_pearson", "STS Pearson r"))
+# (task, dev metric key, label) of every evaluated task, from the task table.
+METRIC_KEYS = tuple((name, f"dev/{tasks_lib.get(name).metric}", tasks_lib.get(name).metric_label)
+                    for name in tasks_lib.EVAL_TASKS)
 
 
 class ReportError(RuntimeError):
@@ -161,7 +161,9 @@ def run_name(workdir: str) -> str:
 # Figures.
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib's pyplot with the Agg backend and the report's sizes, or a ReportError that
+  says how to install matplotlib."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -234,7 +236,8 @@ def figure_sts(plt, r: TaskResult, out: str) -> list[str]:
 def figure_curves(plt, runs: Sequence[Run], out: str) -> list[str]:
   if not any(run.history for run in runs):
     return []
-  fig, axes = plt.subplots(2, 3, figsize=(11, 5.8))
+  fig, axes = plt.subplots(2, len(METRIC_KEYS), figsize=(11 / 3 * len(METRIC_KEYS), 5.8),
+                           squeeze=False)
   for run in runs:
     train = [h for h in run.history if "train" in h]
     dev = [h for h in run.history if "dev" in h]
@@ -281,8 +284,8 @@ def _correlations(points: Sequence[dict[str, float]], what: str) -> list[str]:
   cell = lambda v: "-" if np.isnan(v) else f"{v:.2f}"
   lines = [f"Table 3 ({what}, {n} points): Pearson correlation of the tasks' dev metrics.",
            ""]
-  lines += _table([""] + names, [[names[i]] + [cell(corr[i, j]) for j in range(3)]
-                                 for i in range(3)])
+  lines += _table([""] + names, [[names[i]] + [cell(corr[i, j]) for j in range(len(names))]
+                                 for i in range(len(names))])
   return lines + [""]
 
 
@@ -323,7 +326,7 @@ def _calibration(runs: Sequence[Run]) -> list[str]:
 
 def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
   """Writes `out/report.md` and its figures for `runs` (the first in detail)."""
-  plt = _pyplot()
+  plt = pyplot()
   os.makedirs(out, exist_ok=True)
   run = runs[0]
   s = run.settings
@@ -339,8 +342,7 @@ def write_report(runs: Sequence[Run], out: str, top_k: int = 5) -> str:
                                        for t in run.tasks),
            f"- predictions read: {run.source}", ""]
   lines += ["## Dev metrics", ""]
-  keys = [("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
-          ("dev/sts_pearson", "STS r"), ("dev/average", "average")]
+  keys = [(key, label) for _, key, label in METRIC_KEYS] + [("dev/average", "average")]
   lines += _table(["run"] + [n for _, n in keys] + ["step"],
                   [[r.name] + [f"{r.metrics[k]:.4f}" if k in r.metrics else "-"
                                for k, _ in keys] + [r.metrics.get("step", "-")] for r in runs])
@@ -421,12 +423,8 @@ def main(argv):
   if len(argv) > 1 or not _WORKDIRS.value:
     raise app.UsageError("usage: python -m mtbert_jax.report --workdir=DIR [--workdir=DIR2 "
                          "...] [--out=DIR]")
-  import sys  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base  # pylint: disable=import-outside-toplevel
-  defaults = settings_lib.from_dict(base.get_config().to_dict())
   try:
-    runs = [load_run(w, defaults) for w in _WORKDIRS.value]
+    runs = [load_run(w) for w in _WORKDIRS.value]
     out = _OUT.value or os.path.join(runs[0].workdir, "report")
     path = write_report(runs, out, _TOP_K.value)
   except (ReportError, workdir_lib.WorkdirError, settings_lib.ConfigError,

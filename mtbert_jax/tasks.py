@@ -25,6 +25,7 @@ from mtbert_jax import heads as heads_lib
 from mtbert_jax import losses
 from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import sources
 
 Array = jax.Array
 
@@ -44,7 +45,7 @@ def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
 class Task:
   """One task: data, segments, head, loss, prediction, metric and output file."""
   name: str
-  read: Callable[[str, Any], Any]  # (path, DataSettings) -> rows (readers.py)
+  read: Callable[[str, Any], Any]  # (path, DataSettings) -> rows (sources.py)
   # (rows, tokenizer, max_length, heads) -> the tokenized set of those rows.
   tokenize: Callable[..., data_lib.TokenizedSet]
   # Batch-key suffixes of one example's inputs, given the heads: ("",), ("_1", "_2"), ...
@@ -59,6 +60,7 @@ class Task:
   # output -> prediction per example (class id, 0/1, score); None: not evaluated.
   predict: Callable[[Array], Array] | None = None
   metric: str = ""                # dev metric key, e.g. "sst_acc" (-> "dev/sst_acc")
+  metric_label: str = ""          # the metric in table headings and figures, e.g. "SST acc"
   score: Callable[[np.ndarray, np.ndarray], float] | None = None  # (pred, gold) -> metric
   to_unit: Callable[[float], float] = lambda x: x  # metric -> [0, 1] for the leaderboard
   prediction_file: str = ""       # stem of `<stem>-<split>-output.csv`
@@ -110,7 +112,7 @@ def _sentiment_extras(s: settings_lib.Settings, tok, path_of) -> list:
     neg, pos = d.cfimdb_labels
     tokset = data_lib.tokenize_once(
         path, tok, ("cfimdb", d.max_length, d.on_invalid, neg, pos),
-        lambda: data_lib.tokenize_sentences(readers.read_sentiment(
+        lambda: data_lib.tokenize_sentences(sources.read_sentiment(
             path, num_classes=2, label_map={0: neg, 1: pos}, on_invalid=d.on_invalid,
             tfds_dir=d.tfds_dir), tok, d.max_length))
     extras.append((tokset, d.cfimdb_weight))
@@ -136,7 +138,7 @@ def _nli_loss(embeddings, labels, weights, s: settings_lib.Settings):
 
 TABLE: dict[str, Task] = {
     "sst": Task(
-        name="sst", read=lambda path, d: readers.read_sentiment(
+        name="sst", read=lambda path, d: sources.read_sentiment(
             path, on_invalid=d.on_invalid, tfds_dir=d.tfds_dir),
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
             rows, tok, max_length),
@@ -145,31 +147,31 @@ TABLE: dict[str, Task] = {
                                                                s.train.label_smoothing),
         divergence=functools.partial(losses.symmetric_kl, reduce=False),
         predict=lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        metric="sst_acc", score=accuracy, prediction_file="sst",
+        metric="sst_acc", metric_label="SST acc", score=accuracy, prediction_file="sst",
         prediction_header="Predicted_Sentiment", extra_train_sources=_sentiment_extras),
     "para": Task(
-        name="para", read=lambda path, d: readers.read_pairs(path, "paraphrase", d.on_invalid,
+        name="para", read=lambda path, d: sources.read_pairs(path, "paraphrase", d.on_invalid,
                                                             d.tfds_dir),
         tokenize=_tokenize_pairs(_para_joint, _para_prompt), prompt=_para_prompt,
         segments=_pair_segments(_para_joint), output="para_output",
         loss=lambda out, y, w, s: losses.sigmoid_binary_cross_entropy(out, y, w),
         divergence=functools.partial(losses.symmetric_kl_binary, reduce=False),
         predict=lambda logit: (logit > 0).astype(jnp.int32),  # sigmoid(logit) > 0.5
-        metric="para_acc", score=accuracy, prediction_file="para",
+        metric="para_acc", metric_label="Quora acc", score=accuracy, prediction_file="para",
         prediction_header="Predicted_Is_Paraphrase"),
     "sts": Task(
-        name="sts", read=lambda path, d: readers.read_pairs(path, "similarity", d.on_invalid,
+        name="sts", read=lambda path, d: sources.read_pairs(path, "similarity", d.on_invalid,
                                                            d.tfds_dir),
         tokenize=_tokenize_pairs(_sts_joint),
         segments=_pair_segments(_sts_joint), output="sts_output",
         loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
         divergence=functools.partial(losses.mse_divergence, reduce=False),
-        predict=lambda score: score, metric="sts_pearson", score=pearson,
+        predict=lambda score: score, metric="sts_pearson", metric_label="STS r", score=pearson,
         to_unit=lambda r: (r + 1) / 2, prediction_file="sts",
         prediction_header="Predicted_Similiary",  # sic: the course's spelling
         format_value=lambda v: repr(float(v))),
     "nli": Task(
-        name="nli", read=lambda path, d: readers.read_triplets(path, d.on_invalid, d.tfds_dir),
+        name="nli", read=lambda path, d: sources.read_triplets(path, d.on_invalid, d.tfds_dir),
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_triplets(
             rows, tok, max_length),
         segments=lambda heads: ("_1", "_2", "_3"),

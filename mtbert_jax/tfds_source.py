@@ -3,8 +3,8 @@
 Optional (`pip install -e ".[tfds]"`: tensorflow-datasets and array_record, no
 TensorFlow): datasets are read through `tfds.data_source`, so they must be prepared in
 ArrayRecord format. Rows are made from the features, by name, into the readers' row types
-(`readers.py`), and from there take the course files' path. `readers.read_*` dispatch here
-for a `tfds:` path.
+(`readers.py`), and from there take the course files' path. `data.read_*` read a `tfds:`
+path here and any other path with `readers.py`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,17 @@ from mtbert_jax import readers
 
 log = logging.getLogger(__name__)
 
+PREFIX = "tfds:"  # a data path of this form names a TFDS dataset
+
+
+def is_tfds(path: str) -> bool:
+  return path.startswith(PREFIX)
+
 
 def parse_tfds(spec: str) -> tuple[str, str]:
   """"tfds:glue/qqp:train" -> ("glue/qqp", "train"); the split may be any TFDS split
   expression such as "train[:10%]"."""
-  body = spec[len(readers.TFDS_PREFIX):]
+  body = spec[len(PREFIX):]
   name, sep, split = body.rpartition(":")
   if not sep or not name or not split:
     raise readers.DataError(f"{spec}: expected tfds:NAME[/CONFIG]:SPLIT, e.g. tfds:glue/qqp:train")
@@ -129,8 +135,8 @@ def _check_tfds_labels(spec: str, labels: np.ndarray, low: float, high: float,
 
 
 def read_sentiment(spec: str, data_dir: str | None, num_classes: int = 5,
-                        label_map: dict[int, int] | None = None,
-                        on_invalid: str = "raise") -> readers.SentenceRows:
+                   label_map: dict[int, int] | None = None,
+                   on_invalid: str = "raise") -> readers.SentenceRows:
   ids, texts, _, labels = _tfds_rows(spec, "sentences", data_dir, on_invalid)
   if labels is not None:
     _check_tfds_labels(spec, labels, 0, num_classes - 1, True)
@@ -141,7 +147,7 @@ def read_sentiment(spec: str, data_dir: str | None, num_classes: int = 5,
 
 
 def read_pairs(spec: str, task: str, data_dir: str | None,
-                    on_invalid: str = "raise") -> readers.PairRows:
+               on_invalid: str = "raise") -> readers.PairRows:
   ids, a, b, labels = _tfds_rows(spec, "pairs", data_dir, on_invalid)
   if labels is not None:
     if task == "paraphrase":

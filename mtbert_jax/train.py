@@ -49,8 +49,6 @@ from mtbert_jax.settings import OptimSettings, Settings
 
 log = logging.getLogger(__name__)
 
-M = heads_lib.MultitaskModel
-
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -165,7 +163,7 @@ def _task_weight(s: Settings, state: TrainState, task_index: int, task: str) -> 
 
 
 def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str,
-               mt_model: M, s: Settings,
+               mt_model: heads_lib.MultitaskModel, s: Settings,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
   """One optimizer step on one task's batch. Non-finite updates are skipped and counted."""
   task_index = s.train.tasks.index(task)
@@ -213,7 +211,7 @@ def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str
   return new_state, metrics
 
 
-def compile_steps(mt_model: M, s: Settings, tx, sharder: sharding.Sharder
+def compile_steps(mt_model: heads_lib.MultitaskModel, s: Settings, tx, sharder: sharding.Sharder
                   ) -> dict[str, Callable]:
   """A jitted step per task; each compiles once per bucket shape."""
   steps = {}
@@ -554,8 +552,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
                            {"devices": device_summary(), "windows": windows})
   log.info("training done: best %s average %.4f at step %d; evaluating it", split,
            best_score, best_step)
-  _, best_params, _ = ckpt_lib.restore_best_params(s, workdir)
-  best_params = sharder.replicate(best_params)
+  best_params = sharder.replicate(eval_lib.best_params(mt_model, workdir))
   reuse = None
   if best_results is not None and best_results[0] == best_step:
     reuse = {split: best_results[1:]}  # same params (restored bit-exact), same sets

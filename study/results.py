@@ -24,11 +24,7 @@ import datetime
 import fcntl
 import json
 import os
-import platform
 import re
-import subprocess
-import sys
-import time
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +32,8 @@ from absl import app, flags
 
 from configs import protocol
 from mtbert_jax import error_analysis
-from mtbert_jax import runtime
+from mtbert_jax import tasks as tasks_lib
+from study import runs as runs_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,69 +49,22 @@ def run_one(workdir: str, row: str, seed: int, extra: list[str]) -> dict:
   if os.path.isfile(record):
     with open(record, encoding="utf-8") as f:
       return json.load(f)
-  os.makedirs(out, exist_ok=True)
-  args = [f"--workdir={out}", f"--config.seed={seed}", "--config.train.progress=false",
+  args = [f"--config.seed={seed}", "--config.train.progress=false",
           *[f"--config.{s}" for s in extra]]
-  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
-         f"--config={os.path.join(REPO, 'configs', 'protocol.py')}:{row}", *args]
-  start = time.time()
-  try:
-    with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
-      log.write(f"$ {' '.join(cmd)}\n")
-      log.flush()
-      proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
-  finally:
-    attempts = _record_attempt(out, time.time() - start)
-  if proc.returncode != 0:
-    raise RuntimeError(f"row {row} seed {seed} failed (exit {proc.returncode}); see "
-                       f"{os.path.join(out, 'log.txt')}")
-  if not os.path.isfile(os.path.join(out, "metrics.json")):
-    # launch.py exits 0 on SIGTERM after saving a checkpoint (a scheduler's preemption).
-    raise RuntimeError(f"row {row} seed {seed} stopped before its last step (exit 0, no "
-                       f"metrics.json in {out}); run the same command to resume it")
-  with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-    metrics = json.load(f)
+  metrics, attempts = runs_lib.train_run(out, f"protocol.py:{row}", args,
+                                         f"row {row} seed {seed}")
   result = {"row": row, "seed": seed, "metrics": metrics, "seconds": float(sum(attempts)),
             "attempts": len(attempts),
             "command": " ".join(["python", "launch.py", f"--config=configs/protocol.py:{row}",
-                                 *args]), "extra": extra,
+                                 f"--workdir={out}", *args]), "extra": extra,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "machine": machine(out)}
+            "machine": runs_lib.machine(out)}
   tmp = record + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
   os.replace(tmp, record)
   return result
-
-
-def _record_attempt(run: str, seconds: float) -> list[float]:
-  """Adds one training attempt's wall time to the run's attempts.json; all of them, so that
-  a resumed run's minutes count its earlier attempts too."""
-  path = os.path.join(run, "attempts.json")
-  times = []
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      times = json.load(f)["seconds"]
-  times.append(seconds)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({"seconds": times}, f)
-  os.replace(path + ".tmp", path)
-  return times
-
-
-def machine(run: str) -> str:
-  """This host's CPU and, from the run's train_stats.json, the devices it trained on."""
-  text = f"{runtime.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores"
-  stats = os.path.join(run, "train_stats.json")
-  if os.path.isfile(stats):
-    with open(stats, encoding="utf-8") as f:
-      dev = json.load(f).get("devices")
-    if dev and dev.get("backend") != "cpu":
-      hosts = dev["processes"]
-      text += (f"; {dev['count']} x {dev['kind']} ({dev['backend']}, {hosts} "
-               f"host{'s' if hosts != 1 else ''})")
-  return text
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -158,8 +108,10 @@ def _shown(path: str) -> str:
   return path if rel.startswith("..") else rel
 
 
-COLUMNS = (("sst", "sst_acc", "SST acc"), ("para", "para_acc", "Quora acc"),
-           ("sts", "sts_pearson", "STS r"), (None, "average", "average"))
+# (task, metric key, label) of the tables' columns: each evaluated task's row of the task
+# table, then their average.
+COLUMNS = tuple((name, tasks_lib.get(name).metric, tasks_lib.get(name).metric_label)
+                for name in tasks_lib.EVAL_TASKS) + ((None, "average", "average"),)
 
 
 def split_of(table: dict, rows: Sequence[str]) -> str:
@@ -263,7 +215,7 @@ def selection_lines(results: dict) -> list[str]:
 
 
 def _task_correlations(table: dict, rows: list[str], split: str) -> list[str]:
-  """The paper's Table 3 at the protocol budget: Pearson correlation of the three tasks'
+  """The paper's Table 3 at the protocol budget: Pearson correlation of the tasks'
   metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
   keys = [f"{split}/{key}" for task, key, _ in COLUMNS if task]
   points = [{k: table[r][k]["mean"] for k in keys if k in table[r]} for r in rows]
@@ -389,7 +341,7 @@ def figure_results(plt, table: dict, rows: Sequence[str], baselines: dict | None
 def draw_figures(out: str, results: dict) -> dict[str, str]:
   """A figure per group of rows (`figure_results`); {group: file name}."""
   from mtbert_jax import report  # pylint: disable=import-outside-toplevel
-  plt = report._pyplot()  # pylint: disable=protected-access
+  plt = report.pyplot()
   names = {}
   folder = os.path.dirname(out) or "."
   for group, rows in results["groups"].items():
@@ -468,7 +420,7 @@ def main(argv):
   if _FIGURES.value:  # before any run: a missing matplotlib should not wait hours to show
     from mtbert_jax import report  # pylint: disable=import-outside-toplevel
     try:
-      report._pyplot()  # pylint: disable=protected-access
+      report.pyplot()
     except report.ReportError as e:
       raise app.UsageError(f"{e}; or --nofigures for the tables alone") from None
   out, workdir = _OUT.value, _WORKDIR.value

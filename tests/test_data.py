@@ -19,6 +19,7 @@ import pytest
 from mtbert_jax import data
 from mtbert_jax import paths
 from mtbert_jax import readers
+from mtbert_jax import sources
 
 BUCKETS = (8, 16, 32)
 
@@ -234,10 +235,27 @@ def test_missing_file_and_unmapped_label(tmp_path):
     readers.read_sentiment(path, num_classes=2, label_map={0: 0})
 
 
-def test_empty_label_column_reads_as_unlabeled(tmp_path):
+def test_empty_label_column_reads_as_unlabeled(tmp_path, monkeypatch):
   path = _write(tmp_path, "test.csv", SST_HEADER + "0\ta\tgood\t\n1\tb\tbad\t\n")
+  opened = []
+  lines = readers._lines  # pylint: disable=protected-access
+  monkeypatch.setattr(readers, "_lines", lambda p: opened.append(p) or lines(p))
   rows = readers.read_sentiment(path)
   assert rows.labels is None and rows.ids == ["a", "b"]
+  assert opened == [path]  # the blank column is found in the same pass over the file
+  partly = _write(tmp_path, "partly.csv", SST_HEADER + "0\ta\tgood\t3\n1\tb\tbad\t\n")
+  with pytest.raises(readers.DataError, match=r"partly.csv: line 3: column 'sentiment' is "):
+    readers.read_sentiment(partly)
+  assert readers.read_sentiment(partly, on_invalid="skip").labels.tolist() == [3]
+
+
+def test_sources_read_a_file_with_the_readers(data_dir):
+  """A data path that is not `tfds:...` is read by `readers` (test_tfds.py: the others)."""
+  path = os.path.join(data_dir, "cs224n", "sts-dev.csv")
+  ours, theirs = (sources.read_pairs(path, "similarity", tfds_dir="/nonexistent"),
+                  readers.read_pairs(path, "similarity"))
+  assert ours.ids == theirs.ids and ours.texts_b == theirs.texts_b
+  np.testing.assert_array_equal(ours.labels, theirs.labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,9 +264,9 @@ def test_empty_label_column_reads_as_unlabeled(tmp_path):
 
 def test_tokenize_sentences_and_pairs(real_tokenizer, tmp_path):
   tok = real_tokenizer
-  rows = data.PairRows(ids=["p", "q"], texts_a=["A cat sat.", "Hello"],
-                       texts_b=["A dog ran far away.", "World"],
-                       labels=np.array([1, 0], np.int32))
+  rows = readers.PairRows(ids=["p", "q"], texts_a=["A cat sat.", "Hello"],
+                          texts_b=["A dog ran far away.", "World"],
+                          labels=np.array([1, 0], np.int32))
   separate = data.tokenize_pairs(rows, tok, 16, joint=False)
   assert set(separate.segments) == {"1", "2"}
   ids_1, _ = tok.encode_ids(rows.texts_a, max_length=16)
@@ -263,7 +281,7 @@ def test_tokenize_sentences_and_pairs(real_tokenizer, tmp_path):
   np.testing.assert_array_equal(joint.segments[""].tokens(0)[0], ids[0])
   np.testing.assert_array_equal(joint.segments[""].tokens(0)[1], type_ids[0])
   assert joint.ids == ["p", "q"] and joint.labels.tolist() == [1, 0]
-  triplets = data.tokenize_triplets(data.TripletRows(["a b"], ["c"], ["d e f"]), tok, 16)
+  triplets = data.tokenize_triplets(readers.TripletRows(["a b"], ["c"], ["d e f"]), tok, 16)
   assert set(triplets.segments) == {"1", "2", "3"} and triplets.lengths.tolist() == [5]
   assert triplets.labels is None and triplets.ids is None
 
@@ -476,7 +494,7 @@ def test_a_zero_filled_block_is_rejected_not_merged_into_a_row(tmp_path, caplog)
   end = sum(len(l) + 1 for l in lines[:69]) + 5             # inside line 70
   damaged = text[:start] + "\0" * (end - start) + text[end:]
   path = _write(tmp_path, "nul.csv", damaged)
-  with pytest.raises(data.DataError, match=r"nul.csv: line 40: \d+ NUL bytes"):
+  with pytest.raises(readers.DataError, match=r"nul.csv: line 40: \d+ NUL bytes"):
     readers.read_sentiment(path, on_invalid="raise")
   with caplog.at_level(logging.WARNING):
     rows = readers.read_sentiment(path, on_invalid="skip")
@@ -487,7 +505,7 @@ def test_a_zero_filled_block_is_rejected_not_merged_into_a_row(tmp_path, caplog)
 def test_a_row_far_longer_than_the_others_is_named(tmp_path, caplog):
   text = SST_HEADER + _sst_rows(40) + "40\tid40\t" + "merged rows " * 400 + "\t2\n"
   path = _write(tmp_path, "long.csv", text)
-  with pytest.raises(data.DataError, match=r"long.csv: line 42: a row of 48\d\d characters"):
+  with pytest.raises(readers.DataError, match=r"long.csv: line 42: a row of 48\d\d characters"):
     readers.read_sentiment(path, on_invalid="raise")
   with caplog.at_level(logging.WARNING):
     assert len(readers.read_sentiment(path, on_invalid="skip")) == 40

@@ -15,6 +15,7 @@ from mtbert_jax import data as data_lib
 from mtbert_jax import experiment
 from mtbert_jax import export
 from mtbert_jax import heads as heads_lib
+from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
 
 SENTENCES = ["A man is playing a guitar.", "Stocks fell sharply on Monday .",
@@ -38,7 +39,7 @@ def test_sentence_transformers_gives_the_projects_vectors(tiny_ckpt_dir, tmp_pat
           "model.safetensors", "vocab.txt"} <= set(os.listdir(out))
   assert "dev/average | 0.5000" in open(os.path.join(out, "README.md"), encoding="utf-8").read()
   tok = experiment.tokenizer(s)
-  rows = data_lib.SentenceRows([str(i) for i in range(len(SENTENCES))], SENTENCES, None)
+  rows = readers.SentenceRows([str(i) for i in range(len(SENTENCES))], SENTENCES, None)
   tokset = data_lib.tokenize_sentences(rows, tok, s.data.max_length)
   batch = data_lib.make_batch(tokset, np.arange(len(SENTENCES)), 32)
   ours = np.asarray(m.apply({"params": params}, batch["input_ids"], batch["attention_mask"],

@@ -16,6 +16,15 @@ from mtbert_jax import xla_cpu
 KERNELS = ("flax", "xla_cpu")
 
 
+def encode_and_pool(bert: model.BertModel, input_ids, attention_mask, token_type_ids=None,
+                    deterministic=True):
+  """(last hidden state [B, L, H], pooler output [B, H]), both float32: HF `BertModel`'s
+  two outputs, for parity. Called as `bert.apply(..., method=encode_and_pool)`."""
+  hidden = bert.encode(bert.embed(input_ids, token_type_ids, deterministic), attention_mask,
+                       deterministic)
+  return hidden.astype(jnp.float32), bert.pool(hidden).astype(jnp.float32)
+
+
 def _batch(cfg, batch=3, length=12, seed=0):
   """Random ids with ragged right padding (row r has length - 3r real tokens) and pairs."""
   rng = np.random.default_rng(seed)
@@ -42,7 +51,7 @@ def test_output_shapes_and_dtypes(tiny):
   assert hidden.shape == (3, 12, cfg.hidden_size)
   assert hidden.dtype == jnp.float32
   hidden2, pooled = bert.apply({"params": params}, ids, mask, types,
-                               method=model.BertModel.encode_and_pool)
+                               method=encode_and_pool)
   assert pooled.shape == (3, cfg.hidden_size)
   assert pooled.dtype == jnp.float32
   np.testing.assert_array_equal(hidden2, hidden)
@@ -70,7 +79,7 @@ def test_entry_points_compose_to_call(tiny):
   pooled = bert.apply(variables, hidden, method=model.BertModel.pool)
   np.testing.assert_array_equal(hidden, bert.apply(variables, ids, mask, types))
   _, pooled_ref = bert.apply(variables, ids, mask, types,
-                             method=model.BertModel.encode_and_pool)
+                             method=encode_and_pool)
   np.testing.assert_array_equal(pooled, pooled_ref)
 
 
@@ -116,7 +125,7 @@ def test_remat_matches_plain_outputs_and_grads(tiny):
 
   def loss(module, p):
     hidden, pooled = module.apply({"params": p}, ids, mask, types,
-                                  method=model.BertModel.encode_and_pool)
+                                  method=encode_and_pool)
     return jnp.mean(hidden ** 2) + jnp.mean(pooled)
 
   value, grads = jax.jit(jax.value_and_grad(lambda p: loss(bert, p)))(params)
@@ -198,10 +207,10 @@ def test_bfloat16_compute(tiny):
   embeddings = bf16.apply(variables, ids, types, method=model.BertModel.embed)
   assert embeddings.dtype == jnp.bfloat16  # the compute really is bf16
   hidden, pooled = bf16.apply(variables, ids, mask, types,
-                              method=model.BertModel.encode_and_pool)
+                              method=encode_and_pool)
   assert hidden.dtype == jnp.float32 and pooled.dtype == jnp.float32
   ref_hidden, ref_pooled = bert.apply(variables, ids, mask, types,
-                                      method=model.BertModel.encode_and_pool)
+                                      method=encode_and_pool)
   # LayerNorm outputs of magnitude ~1-4; bf16 keeps 8 significant bits (relative step
   # 2^-8 = 0.4%), so a few rounding steps through 2 layers stay well under 0.1.
   diff = float(np.abs(np.asarray(hidden) - np.asarray(ref_hidden)).max())
@@ -276,7 +285,7 @@ def _flax_outputs(cfg, params, batch, dtype, kernels):
   bert = model.BertModel(cfg.replace(kernels=kernels), dtype=dtype)
   fn = jax.jit(lambda p, b: bert.apply({"params": p}, b["input_ids"], b["attention_mask"],
                                        b["token_type_ids"],
-                                       method=model.BertModel.encode_and_pool))
+                                       method=encode_and_pool))
   hidden, pooled = fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
   return np.asarray(hidden), np.asarray(pooled)
 
@@ -389,7 +398,7 @@ def test_kernel_sets_give_the_same_gradients(tiny_config, dtype, tolerance):
 
     def loss(p, bert=bert):
       hidden, pooled = bert.apply({"params": p}, ids, mask, types,
-                                  method=model.BertModel.encode_and_pool)
+                                  method=encode_and_pool)
       return jnp.sum(hidden * directions[0]) + jnp.sum(pooled * directions[1]), hidden
 
     (_, hidden), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)

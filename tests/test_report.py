@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -133,3 +136,39 @@ def test_a_workdir_without_dev_predictions_is_refused(run_dir, tmp_path):
   shutil.rmtree(os.path.join(bare, "predictions"))
   with pytest.raises(report.ReportError, match="has no dev predictions"):
     report.load_run(bare)
+
+
+def test_the_command_reads_the_workdirs_own_config(run_dir, data_dir, tmp_path):
+  """`python -m mtbert_jax.report` from a copy of the package in a folder without
+  `configs/` (so an import of it would fail): the settings come from the workdir's
+  config.json alone. One that lacks a field (an older version's) is refused, naming it."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  config_file = os.path.join(workdir, "config.json")
+  with open(config_file, encoding="utf-8") as f:
+    config = json.load(f)
+  config["data"]["dir"] = os.path.abspath(data_dir)  # the copy's default is another folder
+  with open(config_file, "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  package = os.path.dirname(os.path.abspath(report.__file__))
+  site = tmp_path / "site"
+  shutil.copytree(package, site / "mtbert_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["PYTHONPATH"] = str(site)
+  where = subprocess.run([sys.executable, "-c", "import mtbert_jax; print(mtbert_jax.__file__)"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+  assert where.stdout.startswith(str(site)), where.stdout  # the copy, not the checkout
+  proc = subprocess.run(
+      [sys.executable, "-m", "mtbert_jax.report", f"--workdir={workdir}",
+       f"--out={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert os.path.isfile(tmp_path / "out" / "report.md")
+  del config["smart"]["weight"]
+  with open(config_file, "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  with pytest.raises(settings_lib.ConfigError, match=r"config.json: config lacks the "
+                                                     r"field\(s\) \['smart.weight'\]"):
+    report.load_run(workdir)
+

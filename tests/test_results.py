@@ -10,6 +10,7 @@ import pytest
 
 from mtbert_jax import runtime
 from study import results
+from study import runs
 
 
 def _record(workdir, row, seed, sst, para, sts, split="dev"):
@@ -157,10 +158,10 @@ def test_each_group_gets_a_figure_shown_under_its_table(tmp_path):
 
 
 def test_the_command_line_tools_import_together():
-  """results, report and analysis share flag names (--workdir, --out, --rows); each
-  defines its flags only as the program, so one process (the test session) imports all."""
+  """results, verdict, ablation and report share flag names (--workdir, --out, --rows);
+  each defines its flags only as the program, so one process (the test session) imports all."""
   import importlib  # pylint: disable=import-outside-toplevel
-  for name in ("study.results", "study.verdict", "mtbert_jax.report", "mtbert_jax.analysis"):
+  for name in ("study.results", "study.verdict", "study.ablation", "mtbert_jax.report"):
     importlib.import_module(name)
 
 
@@ -185,12 +186,12 @@ def test_the_readme_says_what_docs_results_holds():
 def test_a_run_names_its_accelerator_and_other_notes_replace_the_default(tmp_path):
   run = tmp_path / "run"
   run.mkdir()
-  assert results.machine(str(run)).endswith(" cores")          # no train_stats.json yet
-  assert results.machine(str(run)).startswith(runtime.cpu_model() + ", ")  # bf16 depends on it
+  assert runs.machine(str(run)).endswith(" cores")          # no train_stats.json yet
+  assert runs.machine(str(run)).startswith(runtime.cpu_model() + ", ")  # bf16 depends on it
   with open(run / "train_stats.json", "w", encoding="utf-8") as f:
     json.dump({"devices": {"backend": "gpu", "kind": "NVIDIA H200", "count": 1,
                            "processes": 1}, "windows": []}, f)
-  assert results.machine(str(run)).endswith("; 1 x NVIDIA H200 (gpu, 1 host)")
+  assert runs.machine(str(run)).endswith("; 1 x NVIDIA H200 (gpu, 1 host)")
   _record(tmp_path / "w", "full", 0, 0.4, 0.8, 0.85)
   out = results.collect(str(tmp_path / "w"), {"groups": {"final recipe": ["full"]}})
   notes = tmp_path / "notes.md"
@@ -214,9 +215,9 @@ def test_a_stopped_run_is_an_error_and_its_time_counts_when_it_resumes(tmp_path,
       out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
       with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump({"dev/average": 0.7}, f)
-    return results.subprocess.CompletedProcess(cmd, 0)
+    return runs.subprocess.CompletedProcess(cmd, 0)
 
-  monkeypatch.setattr(results.subprocess, "run", fake_run)
+  monkeypatch.setattr(runs.subprocess, "run", fake_run)
   with pytest.raises(RuntimeError, match="stopped before its last step .* resume it"):
     results.run_one(str(tmp_path), "ablation/smart", 0, [])
   assert not os.path.exists(os.path.join(results.run_dir(str(tmp_path), "ablation/smart", 0),

@@ -1,7 +1,7 @@
 """TFDS datasets as a data source (the optional extra: tensorflow-datasets + array_record, no
 TensorFlow). Tiny datasets are built here, offline, by small builders with the feature
 names of GLUE QQP, STS-B, SNLI and IMDB, and read through the same code path as the course
-files: readers -> tokenize once -> buckets -> a seeded training run."""
+files: sources -> tokenize once -> buckets -> a seeded training run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from configs import smoke
 from mtbert_jax import experiment
 from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import sources
 from mtbert_jax import tfds_source
 from mtbert_jax import train
 
@@ -79,13 +80,13 @@ def test_readers_map_tfds_features_to_rows(tfds_dir):
   assert pairs.labels.dtype == np.int32 and all("learn" in t for t in pairs.texts_a)
   by_id = dict(zip(pairs.ids, pairs.labels))
   assert by_id["3"] == 1 and by_id["4"] == 0  # label i % 2 of example idx i, in any order
-  sts = readers.read_pairs("tfds:tiny_stsb:train", "similarity", tfds_dir=tfds_dir)
+  sts = sources.read_pairs("tfds:tiny_stsb:train", "similarity", tfds_dir=tfds_dir)
   assert sts.labels.dtype == np.float32 and sts.labels.max() == 5.0
-  nli = readers.read_triplets("tfds:tiny_snli:train", tfds_dir=tfds_dir)
+  nli = sources.read_triplets("tfds:tiny_snli:train", tfds_dir=tfds_dir)
   assert len(nli) == 5  # one triplet per premise with both; the neutral-only one dropped
   i = nli.anchor.index("A cat runs.")
   assert (nli.positive[i], nli.negative[i]) == ("An animal moves.", "The cat sleeps.")
-  imdb = readers.read_sentiment("tfds:tiny_imdb:train", num_classes=2,
+  imdb = sources.read_sentiment("tfds:tiny_imdb:train", num_classes=2,
                                 label_map={0: 0, 1: 4}, tfds_dir=tfds_dir)
   assert sorted(set(imdb.labels.tolist())) == [0, 4] and len(imdb) == 6
 

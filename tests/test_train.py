@@ -228,7 +228,7 @@ def test_with_a_weight_average_the_best_checkpoint_and_eval_are_the_average(
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(config, workdir)
   state, _ = _final_state(workdir, config)
-  _, best, _ = ckpt_lib.restore_best_params(config, workdir)
+  _, best, _ = eval_lib.restore_best(config, workdir)
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(best),
                          state.ema_params)
   kernel = lambda p: np.asarray(p["sentiment_out"]["kernel"])
@@ -414,7 +414,7 @@ def test_eval_with_checkpoint_of_another_shape_fails_clearly(tiny_ckpt_dir, data
   with pytest.raises(workdir_lib.WorkdirError, match=r"--config.model.checkpoint: trained "):
     eval_lib.evaluate_workdir(workdir, other)  # the workdir's contract refuses it first
   with pytest.raises(ValueError, match="does not fit the configured model"):
-    ckpt_lib.restore_best_params(other, workdir)
+    eval_lib.restore_best(other, workdir)
 
 
 def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):

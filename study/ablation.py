@@ -1,12 +1,18 @@
-"""The ablation table: run the rows of `configs/ablation.py`, tabulate dev metrics vs baseline.
+"""The short ablation table: the rows of `configs/ablation.py` at one small budget, each
+row's dev metrics against the baseline row's.
 
-  python -m mtbert_jax.analysis --workdir=runs/ablation --rows=all \\
-      --steps=1500 --batch_size=64
+  python -m study.ablation --workdir=runs/ablation --rows=all --steps=1500 --batch_size=64
+  python -m study.ablation --workdir=runs/ablation --rows=baseline,smart --steps=300 \\
+      --batch_size=32 --set=data.max_length=64 --set=data.buckets=32,64
 
-Each row trains in `WORKDIR/<row>` with the same seed, budget and batch size (a finished row
-is not run again: its `metrics.json` is read back), then `WORKDIR/ablation.md` (a markdown
-table: dev SST accuracy, Quora accuracy, STS Pearson, their average, each with its delta to
-the baseline) and `WORKDIR/ablation.json` are written.
+Each row trains in `WORKDIR/<row>` as its own process (`runs.train_run`: `python launch.py
+--config=configs/ablation.py:ROW --workdir=WORKDIR/ROW --config.train.num_steps=STEPS ...`),
+with the same seed, budget and batch size and the `--set` fields (written as after
+`--config.`); a finished row is not run again (its `ablation_row.json` is read back) and a
+stopped one resumes from its checkpoint. Then `WORKDIR/ablation.md` (a markdown table: each
+evaluated task's dev metric and their average, each with its delta to the baseline) and
+`WORKDIR/ablation.json` are written. One seed a row: the same rows with seeds, at the
+results protocol's budget, are `python -m study.results --rows=ablation/ROW,...`.
 """
 
 from __future__ import annotations
@@ -15,30 +21,19 @@ import json
 import logging
 import os
 import sys
-import time
 
 from absl import app, flags
 
-COLUMNS = (("dev/sst_acc", "SST acc"), ("dev/para_acc", "Quora acc"),
-           ("dev/sts_pearson", "STS r"), ("dev/average", "Average"))
+from configs import ablation
+from mtbert_jax import tasks as tasks_lib
+from study import runs as runs_lib
 
+# (metric key, label) of the table's columns: each evaluated task's dev metric, then their
+# average.
+COLUMNS = tuple((f"dev/{tasks_lib.get(name).metric}", tasks_lib.get(name).metric_label)
+                for name in tasks_lib.EVAL_TASKS) + (("dev/average", "Average"),)
 
-def _override(config, assignment: str) -> None:
-  key, _, value = assignment.partition("=")
-  node = config
-  *parents, leaf = key.split(".")
-  for part in parents:
-    node = node[part]
-  old = node[leaf]
-  if isinstance(old, bool):
-    new = value.lower() in ("1", "true", "yes")
-  elif isinstance(old, (int, float, str)):
-    new = type(old)(value)
-  elif isinstance(old, tuple):
-    new = tuple(type(old[0])(v) if old else v for v in value.split(","))
-  else:
-    raise ValueError(f"--set={assignment}: cannot override a {type(old).__name__}")
-  node[leaf] = new
+RECORD = "ablation_row.json"
 
 
 def markdown_table(results: dict[str, dict], baseline: str = "baseline") -> str:
@@ -62,31 +57,32 @@ def markdown_table(results: dict[str, dict], baseline: str = "baseline") -> str:
   return "\n".join(lines)
 
 
+def row_args(steps: int, batch_size: int, overrides: list[str]) -> list[str]:
+  """launch.py's flags of every row: the budget, one evaluation at the end, no prediction
+  files, then the `--set` fields."""
+  fields = [f"train.num_steps={steps}", f"train.eval_every={steps}",
+            f"train.ckpt_every={max(steps // 3, 1)}", f"train.batch_size={batch_size}",
+            "eval.write_predictions=false", "train.progress=false", *overrides]
+  return [f"--config.{field}" for field in fields]
+
+
 def run_rows(workdir: str, rows: list[str], steps: int, batch_size: int,
              overrides: list[str]) -> dict[str, dict]:
-  from configs import ablation  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import settings, train  # pylint: disable=import-outside-toplevel
+  """Trains every row not done yet; {row: its record (metrics, steps, batch size, seconds,
+  overrides)}."""
   results = {}
   for row in rows:
     row_dir = os.path.join(workdir, row)
-    done = os.path.join(row_dir, "ablation_row.json")
+    done = os.path.join(row_dir, RECORD)
     if os.path.isfile(done):
       with open(done, encoding="utf-8") as f:
         results[row] = json.load(f)
       logging.info("row %s: already done, read back", row)
       continue
-    config = ablation.get_config(row)
-    config.train.num_steps = steps
-    config.train.eval_every = steps
-    config.train.ckpt_every = max(steps // 3, 1)
-    config.train.batch_size = batch_size
-    config.eval.write_predictions = False
-    for assignment in overrides:
-      _override(config, assignment)
-    start = time.time()
-    metrics = train.train_and_evaluate(settings.from_dict(config.to_dict()), row_dir)
+    metrics, attempts = runs_lib.train_run(row_dir, f"ablation.py:{row}",
+                                           row_args(steps, batch_size, overrides), f"row {row}")
     results[row] = {"metrics": metrics, "steps": steps, "batch_size": batch_size,
-                    "seconds": time.time() - start, "overrides": overrides}
+                    "seconds": float(sum(attempts)), "overrides": overrides}
     with open(done, "w", encoding="utf-8") as f:
       json.dump(results[row], f, indent=2)
   return results
@@ -94,9 +90,6 @@ def run_rows(workdir: str, rows: list[str], steps: int, batch_size: int,
 
 def main(argv):
   del argv
-  from mtbert_jax import runtime  # pylint: disable=import-outside-toplevel
-  runtime.quiet_library_logs()
-  from configs import ablation  # pylint: disable=import-outside-toplevel
   rows = list(ablation.ROWS) if _ROWS.value == "all" else _ROWS.value.split(",")
   for row in rows:
     if row not in ablation.ROWS:
@@ -118,10 +111,7 @@ if __name__ == "__main__":
   _ROWS = flags.DEFINE_string("rows", "all", "comma-separated rows of configs/ablation.py, or all")
   _STEPS = flags.DEFINE_integer("steps", 1500, "train.num_steps of every row")
   _BATCH = flags.DEFINE_integer("batch_size", 64, "train.batch_size of every row")
-  _SET = flags.DEFINE_multi_string("set", [], "extra config overrides for every row, "
-                                   "e.g. --set=data.max_length=64")
-  # No malloc tuning here (mtbert_jax/runtime.py): rows compile many programs in one process,
-  # and with trimming off the freed compile memory is never returned to the OS.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  _SET = flags.DEFINE_multi_string("set", [], "extra config fields for every row, as after "
+                                   "--config. (e.g. --set=data.max_length=64)")
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
   app.run(main)
