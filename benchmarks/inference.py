@@ -64,17 +64,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def timed(fn, passes: int) -> tuple[float, float]:
   """(seconds of the first call, median seconds of `passes` calls after it; with 0 passes
   the first call's seconds twice)."""
@@ -202,7 +191,7 @@ def main(argv=None):
   mt_model, bert_params = experiment.build_model(s)
   params = heads.init_params(mt_model, jax.random.key(0), bert_params)
   ckpt = experiment.checkpoint_dir(s)
-  record = {"machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores",
+  record = {"machine": f"{runtime.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores",
             "native_bfloat16": native, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(["python", "benchmarks/inference.py"] + (argv or sys.argv[1:])),
             "config": args.config, "batch": batch_size, "buckets": list(buckets),
