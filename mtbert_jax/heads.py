@@ -16,6 +16,7 @@ segments, stacked along the batch axis (`tasks.py` says which segments a task en
   `sts_proj` layer shared with the NLI/SimCSE task, cosine similarity clamped to [0, 1],
   times 5; "cross": a cross-encoder over the joint pair ([B, H]), dropout, linear.
 * `nli_output` [3B, H] -> the `sts_proj` embeddings that supervised SimCSE compares.
+* `cfimdb_output` [B, H] -> 2 logits of binary movie-review sentiment (dropout, linear).
 
 A sentence vector is the pooler output (the course's minBERT convention), the raw [CLS]
 hidden state, or the masked mean of the tokens (`cls_source`). Encoder entry points take
@@ -80,6 +81,7 @@ class MultitaskModel(nn.Module):
     self.paraphrase_out = dense(1, "paraphrase_out")
     self.similarity_out = dense(1, "similarity_out")
     self.sts_proj = dense(hidden, "sts_proj")
+    self.cfimdb_out = dense(2, "cfimdb_out")
 
   def _drop(self, x: Array, deterministic: bool) -> Array:
     return self.head_dropout(x, deterministic=deterministic)
@@ -140,6 +142,10 @@ class MultitaskModel(nn.Module):
       v = self.sts_embedding(self._drop(v, deterministic))
       return 5.0 * jnp.clip(cosine_similarity(u, v), 0.0, 1.0)
     return self.similarity_out(self._drop(pair_features(u, v), deterministic))[:, 0]
+
+  def cfimdb_output(self, v: Array, deterministic: bool) -> Array:
+    """Binary review-sentiment logits [B, 2] of sentence vectors [B, H]: dropout, linear."""
+    return self.cfimdb_out(self._drop(v, deterministic))
 
   def nli_output(self, vectors: Array, deterministic: bool) -> Array:
     """The shared projection of anchor, positive and negative vectors [3B, H] (SimCSE)."""

@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 
 # The names of the task table's rows (mtbert_jax/tasks.py checks that they agree): every
 # task a config may train, and those with dev metrics and prediction files.
-TASKS = ("sst", "para", "sts", "nli")
-EVALUATED_TASKS = ("sst", "para", "sts")
+TASKS = ("sst", "para", "sts", "nli", "cfimdb")
+EVALUATED_TASKS = ("sst", "para", "sts", "cfimdb")
 
 
 def _fail(field: str, value: Any, expected: str):
@@ -144,6 +144,8 @@ class DataSettings:
   sts_dev: str
   sts_test: str
   cfimdb_train: str
+  cfimdb_dev: str
+  cfimdb_test: str
   tweets: str
   nli: str
   max_length: int

@@ -214,6 +214,19 @@ TABLE: dict[str, Task] = {
         output=heads_lib.MultitaskModel.nli_output,
         loss=_nli_loss, loss_scale=lambda s: s.simcse.weight,
         description="supervised SimCSE on NLI triplets", labeled=False, contrastive=True),
+    "cfimdb": Task(
+        name="cfimdb",
+        files={"train": "cfimdb_train", "dev": "cfimdb_dev", "test": "cfimdb_test"},
+        read=lambda path, d: sources.read_sentiment(path, num_classes=2,
+                                                    on_invalid=d.on_invalid,
+                                                    tfds_dir=d.tfds_dir),
+        tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
+            rows, tok, max_length),
+        segments=lambda heads: ("",), output=heads_lib.MultitaskModel.cfimdb_output,
+        loss=_class_loss, divergence=functools.partial(losses.symmetric_kl, reduce=False),
+        predict=_class_of_logits, metric="cfimdb_acc", metric_label="CFIMDB acc",
+        score=accuracy, prediction_file="cfimdb", prediction_header="Predicted_Sentiment",
+        unit="reviews", description="CFIMDB movie-review sentiment (2 classes)"),
 }
 
 assert tuple(TABLE) == settings_lib.TASKS
