@@ -222,8 +222,10 @@ def best_params(mt_model: heads_lib.MultitaskModel, workdir: str,
   `trained`: the run's tasks. A checkpoint written before a row joined the task table lacks
   that row's head layer; when no trained task's head needs it, the rest is restored and the
   layer is zeros, with a warning that names it (never trained, it is never scored)."""
-  shapes = lambda tasks=None: jax.eval_shape(
-      lambda: tasks_lib.init_params(mt_model, jax.random.key(0), tasks=tasks))
+  def shapes(tasks: tuple[str, ...] | None = None) -> dict:  # of the heads of `tasks`
+    return jax.eval_shape(lambda: tasks_lib.init_params(mt_model, jax.random.key(0),
+                                                        tasks=tasks))
+
   like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes())
   saved = ckpt_lib.best_param_names(workdir)
   missing = set() if saved is None or trained is None else set(like) - saved

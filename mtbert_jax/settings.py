@@ -22,8 +22,7 @@ class ConfigError(ValueError):
   """A config value that is not allowed; the message names the field."""
 
 
-# The names of the task table's rows (mtbert_jax/tasks.py checks that they agree): every
-# task a config may train, and those with dev metrics and prediction files.
+# The task table's rows (tasks.py checks): all, and those with dev metrics and predictions.
 TASKS = ("sst", "para", "sts", "nli", "cfimdb")
 EVALUATED_TASKS = ("sst", "para", "sts", "cfimdb")
 
@@ -68,8 +67,8 @@ def _tasks(field: str, tasks: tuple[str, ...], allowed: tuple[str, ...]) -> None
 
 
 def train_file_field(task: str) -> str:
-  """The `data` field of a task's training file: `<task>_train`, or `<task>` for a task with
-  one file only (the NLI triplets, `data.nli`); the task table's `files` say the same."""
+  """The `data` field of a task's train file: `<task>_train`, or `<task>` for a task with one
+  file (the NLI triplets, `data.nli`); the task table's `files` agree (tasks.py checks)."""
   return f"{task}_train" if f"{task}_train" in DataSettings.__dataclass_fields__ else task
 
 
@@ -112,22 +111,18 @@ class HeadSettings:
     _probability("heads.dropout", self.dropout)
     _one_of("heads.cls_source", self.cls_source, ("auto", "pooler", "hidden", "mean"))
 
-  # What each pair-head choice means for the inputs, read here only: the model's heads
-  # (`heads.py`) and the task table's segments and tokenization (`tasks.py`) both ask.
+  # A pair-head choice's meaning, read here only (heads.py and tasks.py ask): one joint
+  # input `[CLS] a [SEP] b [SEP]` rather than two sentence vectors; the paper's prompt.
   @property
   def paraphrase_joint(self) -> bool:
-    """The paraphrase head reads one joint input `[CLS] a [SEP] b [SEP]` ("prompt",
-    "cross"), not the two sentences' vectors ("bi")."""
     return self.paraphrase != "bi"
 
   @property
   def paraphrase_prompted(self) -> bool:
-    """The joint paraphrase input starts with the paper's prompt ("prompt")."""
     return self.paraphrase == "prompt"
 
   @property
   def similarity_joint(self) -> bool:
-    """The similarity head reads one joint input ("cross"), not two vectors."""
     return self.similarity == "cross"
 
 
