@@ -56,7 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.sts_train = "cs224n/sts-train.csv"          # STS: sentence1/2, similarity 0..5
   c.data.sts_dev = "cs224n/sts-dev.csv"              # STS dev (Pearson r)
   c.data.sts_test = "cs224n/sts-test-student.csv"    # unlabeled: predictions only
-  c.data.cfimdb_train = "cs224n/ids-cfimdb-train.csv"  # binary reviews (cfimdb_weight)
+  c.data.cfimdb_train = "cs224n/ids-cfimdb-train.csv"  # binary reviews: id, sentence,
+                                    # sentiment 0/1 (task "cfimdb", or cfimdb_weight)
+  c.data.cfimdb_dev = "cs224n/ids-cfimdb-dev.csv"      # CFIMDB dev (accuracy)
+  c.data.cfimdb_test = "cs224n/ids-cfimdb-test-student.csv"  # unlabeled: predictions only
   c.data.tweets = "twitter/tweet-sentiment.csv"      # tweets as 0/2/4 (tweets_weight)
   c.data.nli = "nli/nli_for_simcse-subset.csv"       # SimCSE triplets (task "nli")
   c.data.max_length = 128           # tokens per input after truncation (joint pairs included)
@@ -84,7 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1500          # optimizer steps; each step trains one task
   c.train.tasks = ("sst", "para", "sts")  # the tasks (round-robin order); "nli" adds
-                                    # supervised SimCSE on the NLI triplets
+                                    # supervised SimCSE on the NLI triplets; "cfimdb" the
+                                    # binary review sentiment (its own head, dev accuracy)
   c.train.sampling = "round_robin"  # which task a step trains: "round_robin" (paper) |
                                     # "proportional" to training examples | "temperature":
                                     # p_t ~ n_t^(1/sampling_temperature)

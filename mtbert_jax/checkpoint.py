@@ -248,6 +248,19 @@ def workdir_settings(workdir: str) -> settings_lib.Settings:
 # The best parameters of a workdir.
 
 
+def best_param_names(workdir: str) -> set[str] | None:
+  """The top-level names of the best checkpoint's parameter tree (`bert` and each head
+  layer), read from its metadata; None without a best checkpoint."""
+  ckpts = Checkpoints(workdir, create=False)
+  step = ckpts.best_step()
+  ckpts.close()
+  if step is None:
+    return None
+  from etils import epath  # pylint: disable=import-outside-toplevel  # orbax's path type
+  folder = epath.Path(os.path.join(workdir, BEST_DIR, str(step), "state"))
+  return set(ocp.StandardCheckpointHandler().metadata(folder).keys())
+
+
 def read_best_params(workdir: str, params_like: Any) -> Any:
   """The parameters of a workdir's best checkpoint, restored with the structure, shapes,
   dtypes and shardings of `params_like`; a checkpoint of another structure or shape is a

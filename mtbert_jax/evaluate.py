@@ -52,7 +52,7 @@ def make_output_fns(mt_model: heads_lib.MultitaskModel, dtype: str = "") -> dict
                                method=heads_lib.MultitaskModel.vector)
       return objective.head(mt_model, params, task, vectors, None)
     return jax.jit(fn)
-  return {name: output_fn(tasks_lib.get(name)) for name in tasks_lib.EVAL_TASKS}
+  return {name: output_fn(tasks_lib.get(name)) for name in tasks_lib.EVALUATED}
 
 
 def to_predictions(task: str, outputs: np.ndarray) -> np.ndarray:
@@ -100,35 +100,40 @@ def write_predictions(path: str, task: str, ids: Sequence[str], values: np.ndarr
   os.replace(tmp, path)
 
 
-_UNITS = {"sst": "sentences", "para": "pairs", "sts": "pairs"}
+def mean_over_orders(output_of: Callable[[data_lib.TokenizedSet], np.ndarray],
+                     orders: Sequence[data_lib.TokenizedSet]) -> np.ndarray:
+  """The outputs for the rows of `orders[0]`; with a second order (`tasks.orders`: the same
+  pairs as (b, a), row for row) the mean of the outputs on the two. Training-time
+  evaluation, `--mode=eval` and `Predictor` all average here."""
+  if not 1 <= len(orders) <= 2:
+    raise ValueError(f"{len(orders)} orders: expected the pairs as given, and as (b, a)")
+  out = output_of(orders[0])
+  if len(orders) == 2:
+    if orders[1].ids != orders[0].ids:
+      raise ValueError("the reversed set does not hold the same rows")
+    out = (out + output_of(orders[1])) / 2
+  return out
 
 
 def evaluate_split(output_fns: dict[str, Callable], params: Any,
-                   sets: dict[str, data_lib.TokenizedSet | None], batch_size: int,
-                   buckets: Sequence[int], sharder: Any = None, split: str = "dev",
-                   reversed_sets: dict[str, data_lib.TokenizedSet | None] | None = None
+                   sets: dict[str, Sequence[data_lib.TokenizedSet] | None], batch_size: int,
+                   buckets: Sequence[int], sharder: Any = None, split: str = "dev"
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """(scores per labeled task, raw outputs per task) over the configured sets, with a
-  progress counter per set. A task in `reversed_sets` (`eval.both_orders`: its pairs as
-  (b, a), row for row) gets the mean of its outputs on the two orders."""
+  """(scores per labeled task, raw outputs per task) over the configured sets
+  (`experiment.eval_sets`: per task its set in each order it is scored in, whose outputs
+  are averaged), with a progress counter per set."""
   scores, outputs = {}, {}
-  reversed_sets = reversed_sets or {}
-  for task, tokset in sets.items():
-    if tokset is None:
+  for task, orders in sets.items():
+    if orders is None:
       continue
-    reverse = reversed_sets.get(task)
-    if reverse is not None and reverse.ids != tokset.ids:
-      raise ValueError(f"the reversed {task} {split} set does not hold the same rows")
-    orders = 1 if reverse is None else 2  # (an empty set is falsy: test against None)
+    tokset = orders[0]
     counter = console.Counter(f"{'predicting' if split == 'test' else 'evaluating'} {task} "
-                              f"{split}" + (" in both orders" if orders == 2 else ""),
-                              len(tokset) * orders, _UNITS.get(task, "examples"))
+                              f"{split}" + (" in both orders" if len(orders) == 2 else ""),
+                              len(tokset) * len(orders), tasks_lib.get(task).unit)
     try:
-      outputs[task] = predict(output_fns[task], params, tokset, batch_size, buckets, sharder,
-                              counter)
-      if reverse is not None:
-        outputs[task] = (outputs[task] + predict(output_fns[task], params, reverse, batch_size,
-                                                 buckets, sharder, counter)) / 2
+      outputs[task] = mean_over_orders(
+          lambda order, fn=output_fns[task]: predict(fn, params, order, batch_size, buckets,
+                                                     sharder, counter), orders)
     finally:
       counter.close()
     if tokset.labels is not None:
@@ -142,7 +147,7 @@ def prediction_path(pred_dir: str, task: str, split: str) -> str:
 
 
 def write_split_predictions(pred_dir: str, split: str,
-                            sets: dict[str, data_lib.TokenizedSet | None],
+                            sets: dict[str, Sequence[data_lib.TokenizedSet] | None],
                             outputs: dict[str, np.ndarray]) -> list[str]:
   """Writes `<task>-<split>-output.csv` for each configured set (the course's files) and
   `<split>-outputs.npz` with every task's ids and raw outputs (logits, logit, score: what
@@ -154,10 +159,11 @@ def write_split_predictions(pred_dir: str, split: str,
     if sets[task] is None:
       missing.append(task)
       continue
-    write_predictions(path, task, sets[task].ids, to_predictions(task, outputs[task]))
+    ids = sets[task][0].ids
+    write_predictions(path, task, ids, to_predictions(task, outputs[task]))
     log.info("wrote %s (%d rows)", path, len(outputs[task]))
     written.append(path)
-    arrays[f"{task}/ids"] = np.asarray(sets[task].ids, dtype=str)
+    arrays[f"{task}/ids"] = np.asarray(ids, dtype=str)
     arrays[f"{task}/outputs"] = outputs[task]
   if arrays:
     path = os.path.join(pred_dir, f"{split}-outputs.npz")
@@ -199,8 +205,7 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
       scores, outputs = results[split]
     else:
       scores, outputs = evaluate_split(output_fns, params, sets, s.eval.batch_size,
-                                       s.eval_buckets, sharder, split,
-                                       experiment.reversed_eval_sets(s, tok, split))
+                                       s.eval_buckets, sharder, split)
     if split in scored:
       metrics.update(tasks_lib.summarize(scores, split))
     if (s.eval.write_predictions or not score) and jax.process_index() == 0:
@@ -210,18 +215,35 @@ def evaluate_and_predict(s: Settings, workdir: str, mt_model, params, tok,
   return metrics
 
 
-def best_params(mt_model: heads_lib.MultitaskModel, workdir: str) -> dict:
-  """The parameters of a workdir's best checkpoint for `mt_model` (on the default device)."""
-  like = jax.eval_shape(lambda: heads_lib.init_params(mt_model, jax.random.key(0)))
-  like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), like)
-  return ckpt_lib.read_best_params(workdir, like)
+def best_params(mt_model: heads_lib.MultitaskModel, workdir: str,
+                trained: Sequence[str] | None = None) -> dict:
+  """The parameters of a workdir's best checkpoint for `mt_model` (on the default device).
+
+  `trained`: the run's tasks. A checkpoint written before a row joined the task table lacks
+  that row's head layer; when no trained task's head needs it, the rest is restored and the
+  layer is zeros, with a warning that names it (never trained, it is never scored)."""
+  def shapes(tasks: tuple[str, ...] | None = None) -> dict:  # of the heads of `tasks`
+    return jax.eval_shape(lambda: tasks_lib.init_params(mt_model, jax.random.key(0),
+                                                        tasks=tasks))
+
+  like = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes())
+  saved = ckpt_lib.best_param_names(workdir)
+  missing = set() if saved is None or trained is None else set(like) - saved
+  if not missing or missing & set(shapes(tuple(trained))):
+    return ckpt_lib.read_best_params(workdir, like)
+  log.warning("the best checkpoint in %s has no %s: the heads of tasks that joined the task "
+              "table after it was written, which its run did not train; they are zeros",
+              workdir, ", ".join(sorted(missing)))
+  restored = ckpt_lib.read_best_params(
+      workdir, {name: value for name, value in like.items() if name not in missing})
+  return {**like, **restored}
 
 
 def restore_best(s: Settings, workdir: str):
   """(model, best params, tokenizer) of a workdir's best checkpoint, the model and the
   tokenizer built from `s` (for eval, predict and export, which have no model yet)."""
   mt_model, _ = experiment.build_model(s, load_weights=False)
-  return mt_model, best_params(mt_model, workdir), experiment.tokenizer(s)
+  return mt_model, best_params(mt_model, workdir, s.train.tasks), experiment.tokenizer(s)
 
 
 def evaluate_workdir(workdir: str, s: Settings | None = None,
@@ -236,7 +258,8 @@ def evaluate_workdir(workdir: str, s: Settings | None = None,
   workdir = workdir_lib.prepare(workdir, create=False)
   with workdir_lib.lock(workdir, "eval" if score else "predict"):
     s = ckpt_lib.run_settings(workdir, s)
-    if not score and not any(getattr(s.data, f"{t}_test") for t in tasks_lib.EVAL_TASKS):
+    if not score and not any(getattr(s.data, tasks_lib.get(t).files.get("test", ""), "")
+                             for t in experiment.evaluated_tasks(s)):
       raise settings_lib.ConfigError("--mode=predict writes the test sets' predictions, and "
                                      "no --config.data.*_test file is configured")
     mt_model, params, tok = restore_best(s, workdir)
@@ -302,6 +325,8 @@ def _pairs(value: Any, what: str, start: int = 0) -> tuple[list[str], list[str]]
   return a, b
 
 
+# The tasks of `Predictor.stream`, and what one of their inputs is.
+_UNITS = {name: tasks_lib.get(name).unit for name in tasks_lib.EVAL_TASKS}
 STREAM_CHUNK = 4096  # inputs held at once by `Predictor.stream` (and so `predict_file`)
 
 
@@ -359,10 +384,9 @@ class Predictor:
 
   def _pair_output(self, task: str, pairs, start: int = 0) -> np.ndarray:
     a, b = _pairs(pairs, "pairs", start)
-    out = self._output(task, self._pair_set(task, a, b))
-    if self.both_orders:
-      out = (out + self._output(task, self._pair_set(task, b, a))) / 2
-    return out
+    orders = [self._pair_set(task, *((b, a) if reverse else (a, b)))
+              for reverse in tasks_lib.orders(task, self.both_orders)]
+    return mean_over_orders(lambda order: self._output(task, order), orders)
 
   def _sentences(self, sentences, start: int = 0) -> data_lib.TokenizedSet:
     texts = _texts(sentences, "sentences", start)

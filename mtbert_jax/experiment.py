@@ -203,17 +203,18 @@ def load_split(s: Settings, tok, task: str, split: str,
   "valid" is None and "train" the whole file."""
   if split not in SPLITS:
     raise ValueError(f"split {split!r}: expected one of {SPLITS}")
-  if reverse and task not in tasks_lib.PAIR_TASKS:
+  spec = tasks_lib.get(task)
+  if reverse and not spec.order_free_pairs:
     raise ValueError(f"task {task} has no pairs to reverse")
-  carve = s.data.valid_fraction > 0 and tasks_lib.get(task).evaluated
+  carve = s.data.valid_fraction > 0 and spec.evaluated
   if split == "valid" and not carve:
     return None
-  field = "nli" if task == "nli" else f"{task}_{'train' if split == 'valid' else split}"
-  path = data_path(s, field)
+  field = spec.files.get("train" if split == "valid" else split)
+  path = None if field is None else data_path(s, field)
   if path is None:
     return None
-  tokset = _load(s, tok, tasks_lib.get(task), path, reverse)
-  if split != "test" and tokset.labels is None and task != "nli":
+  tokset = _load(s, tok, spec, path, reverse)
+  if split != "test" and tokset.labels is None and spec.labeled:
     raise readers.DataError(f"{path}: the {split} file of task {task} has no labels")
   if carve and split in ("train", "valid"):
     if tokset.ids is None:
@@ -236,10 +237,10 @@ def train_sources(s: Settings, tok, task: str
   cross-encoder's input does (`[CLS] a [SEP] b [SEP]`, the prompt on a), as do the
   bi-encoder's features [u; v; |u-v|; u*v]."""
   sources, weights = [load_split(s, tok, task, "train")], [1.0]
-  if s.data.swap_pairs and task in tasks_lib.PAIR_TASKS:
+  spec = tasks_lib.get(task)
+  if s.data.swap_pairs and spec.order_free_pairs:
     sources.append(load_split(s, tok, task, "train", reverse=True))
     weights.append(1.0)
-  spec = tasks_lib.get(task)
   if spec.extra_train_sources is not None:
     for tokset, weight in spec.extra_train_sources(s, tok, lambda f: data_path(s, f)):
       sources.append(data_lib.limit_rows(tokset, s.data.train_limit))
@@ -250,19 +251,18 @@ def train_sources(s: Settings, tok, task: str
 def evaluated_tasks(s: Settings) -> tuple[str, ...]:
   """The tasks a run is scored on: those of `train.tasks` that have a metric (a
   single-task run is not scored on heads it never trained)."""
-  return tuple(t for t in tasks_lib.EVAL_TASKS if t in s.train.tasks)
+  return tuple(t for t in tasks_lib.EVALUATED if t in s.train.tasks)
 
 
-def eval_sets(s: Settings, tok, split: str, limit: int = 0, reverse: bool = False
-              ) -> dict[str, data_lib.TokenizedSet | None]:
-  """The `split` sets of every evaluated task (None where no file is configured); with
-  `reverse`, those of the pair tasks only, each pair as (b, a) (`eval.both_orders`)."""
-  tasks = tuple(t for t in evaluated_tasks(s) if not reverse or t in tasks_lib.PAIR_TASKS)
-  sets = {t: load_split(s, tok, t, split, reverse) for t in tasks}
-  return {t: (None if v is None else data_lib.limit_rows(v, limit)) for t, v in sets.items()}
-
-
-def reversed_eval_sets(s: Settings, tok, split: str, limit: int = 0
-                       ) -> dict[str, data_lib.TokenizedSet | None] | None:
-  """`eval_sets(..., reverse=True)` when `eval.both_orders` is on, else None."""
-  return eval_sets(s, tok, split, limit, reverse=True) if s.eval.both_orders else None
+def eval_sets(s: Settings, tok, split: str, limit: int = 0
+              ) -> dict[str, tuple[data_lib.TokenizedSet, ...] | None]:
+  """Per evaluated task, its `split` set in each order it is scored in
+  (`tasks.orders`: with `eval.both_orders`, a pair task's pairs as given and as (b, a), row
+  for row), each cut to its first `limit` rows; None where no file is configured."""
+  sets = {}
+  for task in evaluated_tasks(s):
+    orders = [load_split(s, tok, task, split, reverse)
+              for reverse in tasks_lib.orders(task, s.eval.both_orders)]
+    sets[task] = (None if orders[0] is None else
+                  tuple(data_lib.limit_rows(tokset, limit) for tokset in orders))
+  return sets

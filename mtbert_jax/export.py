@@ -34,6 +34,7 @@ from mtbert_jax import experiment
 from mtbert_jax import export_card
 from mtbert_jax import export_heads
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ def model_card(s: settings_lib.Settings, cls_source: str, metrics: dict[str, Any
              "pooler": "BERT's pooler (dense + tanh over [CLS])"}[cls_source]
   rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())
                    if isinstance(v, float))
-  tasks = {"sst": "SST-5 sentiment", "para": "Quora paraphrase detection",
-           "sts": "SemEval STS similarity", "nli": "supervised SimCSE on NLI triplets"}
   return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
@@ -72,7 +71,7 @@ tags: [sentence-transformers, bert, mtbert_jax, multitask]
 # A multitask fine-tuned BERT encoder (mtbert_jax)
 
 Fine-tuned with mtbert_jax (JAX/Flax): one encoder trained on
-{", ".join(tasks[t] for t in s.train.tasks)} at once.
+{", ".join(tasks_lib.get(t).description for t in s.train.tasks)} at once.
 
 - Base checkpoint: `{s.model.checkpoint or "sentence-transformers/all-MiniLM-L6-v2 (embedded)"}`
 - Sentence vector: {pooling}; max length {s.data.max_length} tokens

@@ -16,8 +16,10 @@ from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
 from mtbert_jax.export_heads import SENTIMENT_LABELS
 
-_TASKS = {"sst": "SST-5 sentiment (5 classes)", "para": "Quora paraphrase detection",
-          "sts": "SemEval STS similarity (0-5)", "nli": "supervised SimCSE on NLI triplets"}
+def _named(task: str) -> str:
+  return tasks_lib.get(task).description
+
+
 _EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
 _DOMAIN = ("- Trained on the CS224N course data (movie-review sentences, Quora questions, news "
            "and\n  forum STS pairs), English, uncased; other domains are untested.")
@@ -149,11 +151,11 @@ pipeline_tag: {pipeline}
 tags: [{tag}, bert, mtbert_jax, multitask]
 ---
 
-# {_TASKS[task]} head of a multitask fine-tuned BERT (mtbert_jax)
+# {_named(task)} head of a multitask fine-tuned BERT (mtbert_jax)
 
 Exported from an mtbert_jax (JAX/Flax) run that trained one encoder on
-{", ".join(_TASKS[t] for t in s.train.tasks)} at once. This folder holds the encoder and
-the {_TASKS[task]} head, and computes {_computes(task, form, prompt)}.
+{", ".join(_named(t) for t in s.train.tasks)} at once. This folder holds the encoder and
+the {_named(task)} head, and computes {_computes(task, form, prompt)}.
 
 ## Use
 
@@ -204,7 +206,7 @@ def index(folders: dict[str, tuple[str, str]], refused: dict[str, str]) -> str:
   """The export folder's README.md: each task's folder and form, each refused head's reason."""
   lines = ["# mtbert_jax export", "",
            "One folder per task, each loadable without mtbert_jax (its README.md says how).", ""]
-  lines += [f"- `{folder}/`: {_TASKS[task]}: {describe(task, form)}"
+  lines += [f"- `{folder}/`: {_named(task)}: {describe(task, form)}"
             for task, (folder, form) in folders.items()]
-  lines += [f"- {_TASKS[task]}: not exported: {reason}" for task, reason in refused.items()]
+  lines += [f"- {_named(task)}: not exported: {reason}" for task, reason in refused.items()]
   return "\n".join(lines) + "\n"

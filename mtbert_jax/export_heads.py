@@ -42,8 +42,10 @@ from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
 
-# The folder of each exported task, named for readers outside this project.
-TASK_FOLDERS = {"sst": "sentiment", "para": "paraphrase", "sts": "similarity"}
+# The folder of each exported task, named for readers outside this project (the task
+# table's `export_folder`; a row without one is refused by `head_form`).
+TASK_FOLDERS = {name: task.export_folder for name, task in tasks_lib.TABLE.items()
+                if task.export_folder}
 SENTIMENT_LABELS = ("negative", "somewhat negative", "neutral", "somewhat positive",
                     "positive")
 # The linear layer of each task's head (`heads.MultitaskModel`).
@@ -75,6 +77,9 @@ class Run:
 
 def head_form(task: str, heads: settings_lib.HeadSettings) -> str:
   """The form (one of `FORMS`) of `task`'s head, or ExportRefused saying what does not fit."""
+  if task not in TASK_FOLDERS:
+    raise ExportRefused(f"the task table gives the {task} head no exported form (its row "
+                        "has no export_folder)")
   pooler = heads.cls_source == "pooler"
   if task == "sst":
     if heads.sentiment != "linear":

@@ -16,6 +16,7 @@ segments, stacked along the batch axis (`tasks.py` says which segments a task en
   `sts_proj` layer shared with the NLI/SimCSE task, cosine similarity clamped to [0, 1],
   times 5; "cross": a cross-encoder over the joint pair ([B, H]), dropout, linear.
 * `nli_output` [3B, H] -> the `sts_proj` embeddings that supervised SimCSE compares.
+* `cfimdb_output` [B, H] -> 2 logits of binary movie-review sentiment (dropout, linear).
 
 A sentence vector is the pooler output (the course's minBERT convention), the raw [CLS]
 hidden state, or the masked mean of the tokens (`cls_source`). Encoder entry points take
@@ -80,6 +81,7 @@ class MultitaskModel(nn.Module):
     self.paraphrase_out = dense(1, "paraphrase_out")
     self.similarity_out = dense(1, "similarity_out")
     self.sts_proj = dense(hidden, "sts_proj")
+    self.cfimdb_out = dense(2, "cfimdb_out")
 
   def _drop(self, x: Array, deterministic: bool) -> Array:
     return self.head_dropout(x, deterministic=deterministic)
@@ -121,7 +123,7 @@ class MultitaskModel(nn.Module):
     """One paraphrase logit [B] (sigmoid in the loss): of [B, H] joint vectors ("prompt",
     "cross") or of the two sentences' vectors stacked, [2B, H] ("bi")."""
     x = vectors
-    if self.heads.paraphrase == "bi":
+    if not self.heads.paraphrase_joint:
       x = pair_features(*jnp.split(vectors, 2))
     return self.paraphrase_out(self._drop(x, deterministic))[:, 0]
 
@@ -132,7 +134,7 @@ class MultitaskModel(nn.Module):
   def sts_output(self, vectors: Array, deterministic: bool) -> Array:
     """Predicted similarity [B]: in [0, 5] for "cosine"; an unbounded regression for
     "linear" and "cross". Input: [2B, H] (two sentences) or [B, H] joint ("cross")."""
-    if self.heads.similarity == "cross":
+    if self.heads.similarity_joint:
       return self.similarity_out(self._drop(vectors, deterministic))[:, 0]
     u, v = jnp.split(vectors, 2)
     if self.heads.similarity == "cosine":
@@ -141,32 +143,11 @@ class MultitaskModel(nn.Module):
       return 5.0 * jnp.clip(cosine_similarity(u, v), 0.0, 1.0)
     return self.similarity_out(self._drop(pair_features(u, v), deterministic))[:, 0]
 
+  def cfimdb_output(self, v: Array, deterministic: bool) -> Array:
+    """Binary review-sentiment logits [B, 2] of sentence vectors [B, H]: dropout, linear."""
+    return self.cfimdb_out(self._drop(v, deterministic))
+
   def nli_output(self, vectors: Array, deterministic: bool) -> Array:
     """The shared projection of anchor, positive and negative vectors [3B, H] (SimCSE)."""
     del deterministic  # no head dropout: SimCSE's views differ by the encoder's dropout
     return self.sts_embedding(vectors)
-
-  def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
-               deterministic: bool = True) -> dict[str, Array]:
-    """Runs every head once on one batch of sentences (used to initialise all parameters)."""
-    v = self.vector(input_ids, attention_mask, token_type_ids, deterministic)
-    two = jnp.concatenate([v, v[::-1]])  # [2B, H], "sentence pairs" for the pair heads
-    return {"sst": self.sst_output(v, deterministic),
-            "para": self.para_output(two if self.heads.paraphrase == "bi" else v,
-                                     deterministic),
-            "sts": self.sts_output(v if self.heads.similarity == "cross" else two,
-                                   deterministic),
-            "nli": self.nli_output(v, deterministic)}
-
-
-def init_params(mt_model: MultitaskModel, rng: Array, bert_params: dict | None = None) -> dict:
-  """Head parameters initialised at random; the encoder's from `bert_params` when given."""
-  ids = jnp.zeros((2, 8), jnp.int32)
-  params = jax.jit(lambda r: mt_model.init(r, ids, jnp.ones_like(ids), ids))(rng)["params"]
-  params = dict(params)
-  if bert_params is not None:
-    ref = jax.tree_util.tree_structure(params["bert"])
-    if jax.tree_util.tree_structure(bert_params) != ref:
-      raise ValueError("pretrained encoder parameters do not match the configured encoder")
-    params["bert"] = jax.tree_util.tree_map(jnp.asarray, bert_params)
-  return params

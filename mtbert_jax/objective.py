@@ -72,8 +72,7 @@ class Forward:
 def head(model: MultitaskModel, params, task: tasks_lib.Task, vectors: Array,
          rng: Array | None) -> Any:
   """The task's output of stacked sentence vectors (dropout on when `rng` is given)."""
-  return _apply(model, params, getattr(MultitaskModel, task.output), vectors, rng is None,
-                rng=rng)
+  return _apply(model, params, task.output, vectors, rng is None, rng=rng)
 
 
 def forward(model: MultitaskModel, params, task: tasks_lib.Task, batch: dict,
@@ -178,7 +177,7 @@ def step_terms(s: Settings, task: tasks_lib.Task) -> list[tuple[str, float, Term
       terms.append(("smart", s.smart.weight, smart_term))
     if s.smart.bregman_weight > 0:
       terms.append(("bregman", s.smart.bregman_weight, bregman_term))
-  if s.simcse.unsup_weight > 0 and task.name != "nli":
+  if s.simcse.unsup_weight > 0 and not task.contrastive:
     terms.append(("simcse_unsup", s.simcse.unsup_weight, simcse_unsup_term))
   return terms
 

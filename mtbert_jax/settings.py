@@ -22,8 +22,9 @@ class ConfigError(ValueError):
   """A config value that is not allowed; the message names the field."""
 
 
-TASKS = ("sst", "para", "sts", "nli")  # every task a config may train (mtbert_jax/tasks.py)
-EVAL_TASKS = ("sst", "para", "sts")    # the tasks with dev metrics and prediction files
+# The task table's rows (tasks.py checks): all, and those with dev metrics and predictions.
+TASKS = ("sst", "para", "sts", "nli", "cfimdb")
+EVALUATED_TASKS = ("sst", "para", "sts", "cfimdb")
 
 
 def _fail(field: str, value: Any, expected: str):
@@ -65,6 +66,12 @@ def _tasks(field: str, tasks: tuple[str, ...], allowed: tuple[str, ...]) -> None
                         f"{list(allowed)}{_tuple_hint(field, task)}")
 
 
+def train_file_field(task: str) -> str:
+  """The `data` field of a task's train file: `<task>_train`, or `<task>` for a task with one
+  file (the NLI triplets, `data.nli`); the task table's `files` agree (tasks.py checks)."""
+  return f"{task}_train" if f"{task}_train" in DataSettings.__dataclass_fields__ else task
+
+
 # ------------------------------------------------------------------------------------------
 # The groups, in the order of configs/base.py. Field comments live there.
 
@@ -104,6 +111,20 @@ class HeadSettings:
     _probability("heads.dropout", self.dropout)
     _one_of("heads.cls_source", self.cls_source, ("auto", "pooler", "hidden", "mean"))
 
+  # A pair-head choice's meaning, read here only (heads.py and tasks.py ask): one joint
+  # input `[CLS] a [SEP] b [SEP]` rather than two sentence vectors; the paper's prompt.
+  @property
+  def paraphrase_joint(self) -> bool:
+    return self.paraphrase != "bi"
+
+  @property
+  def paraphrase_prompted(self) -> bool:
+    return self.paraphrase == "prompt"
+
+  @property
+  def similarity_joint(self) -> bool:
+    return self.similarity == "cross"
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
@@ -118,6 +139,8 @@ class DataSettings:
   sts_dev: str
   sts_test: str
   cfimdb_train: str
+  cfimdb_dev: str
+  cfimdb_test: str
   tweets: str
   nli: str
   max_length: int
@@ -251,8 +274,8 @@ class SmartSettings:
   def __post_init__(self):
     _at_least("smart.weight", self.weight, 0.0)
     for task in self.tasks:
-      if task not in EVAL_TASKS:
-        raise ConfigError(f"--config.smart.tasks: SMART applies to {list(EVAL_TASKS)}, "
+      if task not in EVALUATED_TASKS:
+        raise ConfigError(f"--config.smart.tasks: SMART applies to {list(EVALUATED_TASKS)}, "
                           f"not {task!r}{_tuple_hint('smart.tasks', task)}")
     _one_of("smart.variant", self.variant, ("random", "adversarial"))
     _at_least("smart.num_samples", self.num_samples, 1)
@@ -328,11 +351,10 @@ class Settings:
     if self.eval.buckets and self.eval.buckets[-1] < self.data.max_length:
       _fail("eval.buckets", self.eval.buckets,
             f"a largest length of at least data.max_length={self.data.max_length}")
-    if "nli" in self.train.tasks and not self.data.nli:
-      raise ConfigError("--config.train.tasks has 'nli' but --config.data.nli is empty")
     for task in self.train.tasks:
-      if task != "nli" and not getattr(self.data, f"{task}_train"):
-        raise ConfigError(f"--config.data.{task}_train is empty but {task!r} is in "
+      field = train_file_field(task)
+      if not getattr(self.data, field):
+        raise ConfigError(f"--config.data.{field} is empty but {task!r} is in "
                           "--config.train.tasks")
     if self.data.cfimdb_weight > 0 and not self.data.cfimdb_train:
       raise ConfigError("--config.data.cfimdb_weight > 0 but --config.data.cfimdb_train is "

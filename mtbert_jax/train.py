@@ -413,10 +413,9 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   # one, else dev.
   split = experiment.eval_split(s)
   eval_sets = experiment.eval_sets(s, tok, split, s.train.eval_limit)
-  reversed_eval_sets = experiment.reversed_eval_sets(s, tok, split, s.train.eval_limit)
 
   _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
-  params = heads_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
+  params = tasks_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
   tx = make_optimizer(s, params, mt_model.bert_config.num_hidden_layers)
   state = sharder.replicate(init_state(params, tx, s))
   del params, bert_params
@@ -515,7 +514,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
         eval_start = time.time()
         scores, outputs = eval_lib.evaluate_split(output_fns, eval_params(state, s), eval_sets,
                                                 s.eval.batch_size, s.eval_buckets, sharder,
-                                                split, reversed_eval_sets)
+                                                split)
         evaluated = tasks_lib.summarize(scores, split)
         writer.scalars(step, evaluated)
         history.add(step, split, evaluated)

@@ -17,6 +17,7 @@ from mtbert_jax import export
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import readers
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import tasks as tasks_lib
 
 SENTENCES = ["A man is playing a guitar.", "Stocks fell sharply on Monday .",
              "How do I learn Python quickly?", "a", "The cat sat on the mat while it rained."]
@@ -32,7 +33,7 @@ def test_sentence_transformers_gives_the_projects_vectors(tiny_ckpt_dir, tmp_pat
   m, bert = experiment.build_model(s)
   rng = np.random.default_rng(0)  # move the weights off the checkpoint's, as training would
   bert = jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), bert)
-  params = heads_lib.init_params(m, jax.random.key(0), bert)
+  params = tasks_lib.init_params(m, jax.random.key(0), bert)
   out = export.export(str(tmp_path / "st"), m.bert_config, jax.device_get(params["bert"]),
                       cls_source, s, {"dev/average": 0.5}, vocab_from=tiny_ckpt_dir)
   assert {"modules.json", "sentence_bert_config.json", "README.md", "config.json",

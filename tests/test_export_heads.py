@@ -29,6 +29,7 @@ from mtbert_jax import export_card
 from mtbert_jax import export_heads
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def _predictor(tiny_ckpt_dir, **heads) -> tuple[eval_lib.Predictor, settings_lib
   biases are not zero (Flax initialises biases to zero)."""
   s = _settings(tiny_ckpt_dir, **heads)
   m, bert = experiment.build_model(s)
-  params = jax.device_get(heads_lib.init_params(m, jax.random.key(0), bert))
+  params = jax.device_get(tasks_lib.init_params(m, jax.random.key(0), bert))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype),
                         params)

@@ -20,8 +20,8 @@ from configs import smoke
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import console
 from mtbert_jax import experiment
-from mtbert_jax import heads as heads_lib
 from mtbert_jax import settings as settings_lib
+from mtbert_jax import tasks as tasks_lib
 from mtbert_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def _two(workdir, ckpt_dir, steps):
 def _state(workdir, s, step=None):
   """(state, meta) of the resumable checkpoint at `step` (default: the newest)."""
   m, _ = experiment.build_model(s, load_weights=False)
-  params = heads_lib.init_params(m, jax.random.key(0))
+  params = tasks_lib.init_params(m, jax.random.key(0))
   like = train.init_state(params, train.make_optimizer(s, params), s)
   ckpts = ckpt_lib.Checkpoints(workdir, create=False)
   state, meta = (ckpts.restore_resume(like) if step is None

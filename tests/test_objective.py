@@ -49,7 +49,7 @@ def _model(cfg, dtype=jnp.float32, **head_kw):
 def _fixture(tiny_config, overrides=None, head_kw=None, kernels="flax", dtype=jnp.float32):
   s = make_settings(**(overrides or {}))
   m = _model(tiny_config.replace(kernels=kernels), dtype, **(head_kw or {}))
-  params = heads_lib.init_params(m, jax.random.key(0))
+  params = tasks_lib.init_params(m, jax.random.key(0))
   return s, m, params, train.make_optimizer(s, params, tiny_config.num_hidden_layers)
 
 
@@ -87,7 +87,7 @@ def _batch(task: str, batch: int = 4, length: int = 12, vocab: int = 99, seed: i
     dict(sentiment="mlp", paraphrase="cross", similarity="cross", cls_source="mean")])
 def test_head_shapes_and_ranges(tiny_config, head_kw):
   m = _model(tiny_config, **head_kw)
-  params = heads_lib.init_params(m, jax.random.key(0))
+  params = tasks_lib.init_params(m, jax.random.key(0))
   ids = jax.random.randint(jax.random.key(1), (3, 10), 1, tiny_config.vocab_size)
   mask = jnp.ones_like(ids)
   v = m.apply({"params": params}, ids, mask, jnp.zeros_like(ids), True, method=m.vector)
@@ -117,7 +117,7 @@ def test_head_settings_reject_unknown_modes():
   with pytest.raises(ValueError, match="resolve 'auto'"):
     _model(model_lib.BertConfig(num_hidden_layers=1), cls_source="auto").init(
         jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32),
-        jnp.zeros((1, 4), jnp.int32))
+        jnp.zeros((1, 4), jnp.int32), True, method=heads_lib.MultitaskModel.vector)
 
 
 # ---------------------------------------------------------------------------------------------

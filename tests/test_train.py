@@ -62,7 +62,7 @@ cfg = model_lib.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
 c = base.get_config(); c.heads.dropout = 0.0
 s = settings.from_dict(c.to_dict())
 m = heads_lib.MultitaskModel(cfg, experiment.head_settings(s))
-params = jax.device_get(heads_lib.init_params(m, jax.random.key(0)))  # host copy: steps donate
+params = jax.device_get(tasks_lib.init_params(m, jax.random.key(0)))  # host copy: steps donate
 tx = train.make_optimizer(s, params)
 rng = np.random.default_rng(0)
 batch = {"input_ids": rng.integers(1, 99, (16, 12)).astype(np.int32),
@@ -110,7 +110,7 @@ def test_the_evaluated_weight_average_follows_its_recurrence(tiny_config):
   c.optim.lr = 1e-2  # steps large enough that a wrong decay shows well above float noise
   s = settings_lib.from_dict(c.to_dict())
   m = heads_lib.MultitaskModel(tiny_config, experiment.head_settings(s))
-  params = jax.device_get(heads_lib.init_params(m, jax.random.key(0)))
+  params = jax.device_get(tasks_lib.init_params(m, jax.random.key(0)))
   tx = train.make_optimizer(s, params)
   sharder = sharding.Sharder(Mesh(np.asarray(jax.devices()[:1]), ("data",)))
   step = train.compile_steps(m, s, tx, sharder)["sst"]
@@ -254,7 +254,7 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(tiny_ckpt_dir, data_d
   assert latest == 2
   if latest is not None:  # the saved state is finite
     m, _ = experiment.build_model(config, load_weights=False)
-    params = heads_lib.init_params(m, jax.random.key(0))
+    params = tasks_lib.init_params(m, jax.random.key(0))
     like = train.init_state(params, train.make_optimizer(config, params), config)
     ckpts = ckpt_lib.Checkpoints(str(tmp_path / "run"))
     state, _ = ckpts.restore_resume(like)
@@ -274,7 +274,7 @@ def _launch(workdir, ckpt_dir, *extra):
 
 def _final_state(workdir, config):
   m, _ = experiment.build_model(config, load_weights=False)
-  params = heads_lib.init_params(m, jax.random.key(0))
+  params = tasks_lib.init_params(m, jax.random.key(0))
   like = train.init_state(params, train.make_optimizer(config, params), config)
   ckpts = ckpt_lib.Checkpoints(workdir)
   state, meta = ckpts.restore_resume(like)
@@ -423,7 +423,7 @@ def test_compile_count_bounded_over_a_real_epoch(tiny_ckpt_dir, data_dir):
   tok = experiment.tokenizer(config)
   tokset = experiment.load_split(config, tok, "sst", "dev")
   m, bert = experiment.build_model(config)
-  params = heads_lib.init_params(m, jax.random.key(0), bert)
+  params = tasks_lib.init_params(m, jax.random.key(0), bert)
   tx = train.make_optimizer(config, params)
   sharder = sharding.Sharder(sharding.make_mesh())
   def fn(state, batch, key):
