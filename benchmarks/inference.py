@@ -175,7 +175,8 @@ def main(argv=None):
   import jax  # pylint: disable=import-outside-toplevel
   from mtbert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from mtbert_jax import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  from mtbert_jax import experiment, heads, settings  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import experiment, settings  # pylint: disable=import-outside-toplevel
+  from mtbert_jax import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
 
   config.data.dev_limit = args.rows
   s = settings.from_dict(config.to_dict())
@@ -189,7 +190,7 @@ def main(argv=None):
     dtypes.remove("bfloat16")
   tok = experiment.tokenizer(s)
   mt_model, bert_params = experiment.build_model(s)
-  params = heads.init_params(mt_model, jax.random.key(0), bert_params)
+  params = tasks_lib.init_params(mt_model, jax.random.key(0), bert_params)
   ckpt = experiment.checkpoint_dir(s)
   record = {"machine": f"{runtime.cpu_model()}, {platform.machine()}, {os.cpu_count()} cores",
             "native_bfloat16": native, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -261,17 +262,14 @@ def main(argv=None):
   if args.end_to_end:
     config.data.dev_limit = 0
     full = settings.from_dict(config.to_dict())
-    sets = {t: experiment.load_split(full, tok, t, "dev") for t in TASKS}
-    reverse = ({t: experiment.load_split(full, tok, t, "dev", reverse=True)
-                for t in ("para", "sts")} if full.eval.both_orders else None)
+    sets = {t: v for t, v in experiment.eval_sets(full, tok, "dev").items() if t in TASKS}
     t0 = time.perf_counter()
     fns = eval_lib.make_output_fns(mt_model, full.eval.dtype)
-    scores, _ = eval_lib.evaluate_split(fns, params, sets, batch_size, buckets,
-                                        reversed_sets=reverse)
+    scores, _ = eval_lib.evaluate_split(fns, params, sets, batch_size, buckets)
     seconds = time.perf_counter() - t0
     record["end_to_end"] = {"seconds": seconds, "dtype": full.eval.dtype or full.model.dtype,
                             "both_orders": full.eval.both_orders,
-                            "examples": {t: len(v) for t, v in sets.items()}}
+                            "examples": {t: len(v[0]) for t, v in sets.items() if v}}
     print(f"end to end: the three dev sets ({record['end_to_end']['examples']}), both orders "
           f"{full.eval.both_orders}, {record['end_to_end']['dtype']}, compile included: "
           f"{seconds:.1f} s (untrained heads: scores {scores} mean nothing)", flush=True)

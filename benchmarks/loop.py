@@ -153,7 +153,7 @@ def main(argv=None):
 
   from mtbert_jax import data as data_lib
   from mtbert_jax import evaluate as eval_lib
-  from mtbert_jax import experiment, heads, settings, sharding, train
+  from mtbert_jax import experiment, settings, sharding, tasks, train
 
   config = settings.from_dict(make_config(args).to_dict())
   sc = config.train
@@ -197,7 +197,7 @@ def main(argv=None):
 
   # -- (b) step only: the compiled project steps on device batches --------------------------
   mt_model, bert_params = experiment.build_model(config)
-  params = heads.init_params(mt_model, jax.random.key(config.seed), bert_params)
+  params = tasks.init_params(mt_model, jax.random.key(config.seed), bert_params)
   tx = train.make_optimizer(config, params, mt_model.bert_config.num_hidden_layers)
   state = sharder.replicate(train.init_state(params, tx, config))
   del params, bert_params

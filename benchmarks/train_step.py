@@ -236,14 +236,14 @@ def make_project_step(cfg, params, args, variant="project"):
   """`train.train_step` (task "sst", or "nli" for that variant) as train.py compiles it."""
   import jax
   import jax.numpy as jnp
-  from mtbert_jax import experiment, heads, settings, sharding, train
+  from mtbert_jax import experiment, heads, settings, sharding, tasks, train
 
   s = settings.from_dict(project_config(args, PROJECT_VARIANTS[variant]).to_dict())
   task = "nli" if variant == "nli" else "sst"
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
   mt_model = heads.MultitaskModel(cfg.replace(kernels=experiment.kernels(s)),
                                   experiment.head_settings(s), dtype=dtype, remat=s.model.remat)
-  all_params = heads.init_params(mt_model, jax.random.key(args.seed + 1), params)
+  all_params = tasks.init_params(mt_model, jax.random.key(args.seed + 1), params)
   tx = train.make_optimizer(s, all_params, cfg.num_hidden_layers)
   sharder = sharding.Sharder(sharding.make_mesh())
   state = sharder.replicate(train.init_state(all_params, tx, s))
