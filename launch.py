@@ -186,11 +186,12 @@ def main(argv):
   runtime.quiet_library_logs()
   import jax  # pylint: disable=import-outside-toplevel
   # pylint: disable=import-outside-toplevel
-  from mtbert_jax import checkpoint, console, evaluate, export, readers, settings, train, workdir
+  from mtbert_jax import checkpoint, console, evaluate, export, health, readers, settings, train
+  from mtbert_jax import workdir
   if _MULTIHOST.value:
     _initialize_distributed(jax)
   user_errors = (settings.ConfigError, workdir.WorkdirError, checkpoint.CheckpointError,
-                 readers.DataError, train.TrainingStopped, FileNotFoundError,
+                 readers.DataError, health.TrainingStopped, FileNotFoundError,
                  IsADirectoryError, export.ExportError)
   try:
     s = None

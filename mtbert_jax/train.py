@@ -22,8 +22,6 @@ import functools
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -38,6 +36,7 @@ from mtbert_jax import console
 from mtbert_jax import data as data_lib
 from mtbert_jax import evaluate as eval_lib
 from mtbert_jax import experiment
+from mtbert_jax import health as health_lib
 from mtbert_jax import heads as heads_lib
 from mtbert_jax import losses
 from mtbert_jax import objective
@@ -228,36 +227,6 @@ def compile_steps(mt_model: heads_lib.MultitaskModel, s: Settings, tx, sharder: 
 # The run.
 
 
-class Interrupt:
-  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks between steps:
-  it saves a checkpoint and exits. A second Ctrl-C stops at once (KeyboardInterrupt)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.requested = None  # the signal's name once one arrived
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT and self.requested:
-      raise KeyboardInterrupt
-    self.requested = signal.Signals(signum).name
-    if signum == signal.SIGINT:
-      log.warning("Ctrl-C: saving a checkpoint after this step, then exiting; press Ctrl-C "
-                  "again to stop at once")
-
-  def __exit__(self, *exc):
-    for sig, previous in self._previous.items():
-      signal.signal(sig, previous)
-
-
 def _to_float(pending: list[dict]) -> list[dict[str, float]]:
   """The metrics of the steps since the last pull, in one device-to-host transfer."""
   return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
@@ -279,79 +248,12 @@ def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
                                s.train.sampling_temperature, seed=s.seed)
 
 
-# A task's mean loss over a metrics window this many times its first step's is divergence.
-DIVERGENCE_FACTOR = 1e3
-
 # Steps the host may dispatch ahead of the device. JAX dispatches asynchronously, and
 # without a bound the host loop of a busy CPU ran ~45 steps (minutes) ahead, all of which
 # had to finish before a SIGTERM's checkpoint could be saved. With 2 the device always has
 # the next step queued (no idle time) and a signal is acted on after at most 2 more steps,
 # plus an evaluation if one is running then (it finishes first).
 MAX_IN_FLIGHT = 2
-
-
-class TrainingStopped(FloatingPointError):
-  """Training stopped on a non-finite or diverged loss; the message says where the last
-  good checkpoint is and what may have caused it."""
-
-
-class _Health:
-  """Stops the run on a non-finite update (skipped by the step and counted) or a window's
-  mean loss `DIVERGENCE_FACTOR` times the loss of its first step, before that state can
-  become a checkpoint. The baseline is the first step's loss (per term), not the first
-  window's mean: a run that diverges inside its first window would otherwise measure
-  itself against its own diverged values."""
-
-  def __init__(self, resume_dir: str, last_saved: int | None = None):
-    self.resume_dir, self.last_saved = resume_dir, last_saved
-    self.first: dict[str, float] = {}  # per loss term, its first step's value
-    self.run_first: tuple[str, float] | None = None  # the run's first task loss (abs)
-
-  def _stop(self, step: int, what: str, cause: str):
-    saved = (f"the last checkpoint, step {self.last_saved}, is in {self.resume_dir} (the run "
-             "resumes from it with the same command)" if self.last_saved is not None else
-             "no checkpoint was saved before it")
-    raise TrainingStopped(f"training stopped at step {step}: {what}; {saved}. {cause}")
-
-  def check(self, step: int, nonfinite: int, host: list[dict[str, float]],
-            summary: dict[str, float], first_window: bool):
-    """`host`: the window's per-step metrics in step order; `summary`: their means."""
-    for metrics in host:
-      for key, value in metrics.items():
-        if key.startswith("loss/") and key != "loss/total" and math.isfinite(value):
-          self.first.setdefault(key, value)
-          # A task whose first step comes after other tasks' (round robin) may start
-          # diverged: its first loss is held against the run's first step too (tasks'
-          # losses at the start differ by far less than the factor).
-          if self.run_first is None:
-            self.run_first = (key, abs(value))
-          elif (key.removeprefix("loss/") in settings_lib.TASKS and self.first[key] == value
-                and abs(value) > DIVERGENCE_FACTOR * max(self.run_first[1], 1e-3)):
-            self._stop(step, f"{key} started diverged ({value:.3g} at its first step, "
-                       f"against {self.run_first[0]} {self.run_first[1]:.3g} at the run's "
-                       "first step)", "Lower --config.optim.lr (or set "
-                       "--config.optim.grad_clip).")
-    if nonfinite:
-      cause = ("It happened within the first steps: check the data and the loaded weights "
-               "first, then lower --config.optim.lr." if first_window else
-               "Lower --config.optim.lr (or set --config.optim.grad_clip), or check the data.")
-      self._stop(step, f"a non-finite loss or gradient ({nonfinite} step(s) skipped)", cause)
-    for key, value in summary.items():
-      if not key.startswith("loss/") or key == "loss/total":
-        continue
-      first = self.first.setdefault(key, value)
-      if abs(value) > DIVERGENCE_FACTOR * max(abs(first), 1e-3):
-        self._stop(step, f"{key} diverged (a mean of {value:.3g} over the steps to {step}, "
-                   f"against {first:.3g} at its first step)",
-                   "Lower --config.optim.lr (or set --config.optim.grad_clip).")
-
-
-def _check_finite_weights(params, source: str) -> None:
-  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(params)
-         if not np.all(np.isfinite(np.asarray(x)))]
-  if bad:
-    raise TrainingStopped(f"the weights loaded from {source} hold NaN or inf values in "
-                          f"{len(bad)} tensor(s), e.g. {bad[:3]}; the checkpoint is broken")
 
 
 def _iterators(s: Settings, tok, local_batch: int) -> dict[str, data_lib.TrainIterator]:
@@ -386,7 +288,7 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
   # Signals are caught from here on: one that arrives while data loads or steps compile
   # stops the run after its first step, with a checkpoint.
   with (workdir_lib.lock(workdir, "train") if jax.process_index() == 0
-        else contextlib.nullcontext(), Interrupt() as interrupt):
+        else contextlib.nullcontext(), health_lib.Interrupt() as interrupt):
     if workdir_lib.has_settings(workdir):
       workdir_lib.check_contract(workdir, s, "resume")
     ckpt_lib.check_saved_config(workdir, s, "resume")
@@ -400,7 +302,8 @@ def train_and_evaluate(s: Settings, workdir: str) -> dict[str, float]:
     return _train_and_evaluate(s, workdir, interrupt)
 
 
-def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict[str, float]:
+def _train_and_evaluate(s: Settings, workdir: str,
+                        interrupt: health_lib.Interrupt) -> dict[str, float]:
   sharder = sharding.Sharder(sharding.make_mesh())
   local_batch = sharder.check_batch_size(s.train.batch_size, "train.batch_size")
   sharder.check_batch_size(s.eval.batch_size, "eval.batch_size")
@@ -414,14 +317,14 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
   split = experiment.eval_split(s)
   eval_sets = experiment.eval_sets(s, tok, split, s.train.eval_limit)
 
-  _check_finite_weights(bert_params, experiment.checkpoint_dir(s))
+  health_lib.check_finite_weights(bert_params, experiment.checkpoint_dir(s))
   params = tasks_lib.init_params(mt_model, jax.random.key(s.seed), bert_params)
   tx = make_optimizer(s, params, mt_model.bert_config.num_hidden_layers)
   state = sharder.replicate(init_state(params, tx, s))
   del params, bert_params
 
   ckpts = ckpt_lib.Checkpoints(workdir, keep=s.ckpt.keep)
-  health = _Health(str(ckpts.resume.directory))
+  health = health_lib.Health(str(ckpts.resume.directory))
   best_score, best_step = -math.inf, -1
   start = 0
   if ckpts.latest_step() is not None:
@@ -430,7 +333,7 @@ def _train_and_evaluate(s: Settings, workdir: str, interrupt: Interrupt) -> dict
     for task, it_state in meta["iterators"].items():
       iterators[task].set_state(it_state)
     best_score, best_step = float(meta["best_score"]), int(meta["best_step"])
-    health = _Health(str(ckpts.resume.directory), last_saved=start)
+    health = health_lib.Health(str(ckpts.resume.directory), last_saved=start)
     if start > s.train.num_steps:
       raise settings_lib.ConfigError(
           f"--config.train.num_steps={s.train.num_steps}: the run in {workdir} is at step "

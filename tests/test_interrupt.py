@@ -12,6 +12,7 @@ import pytest
 
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import evaluate as eval_lib
+from mtbert_jax import health
 from mtbert_jax import train
 from test_workdir import tiny_settings as _settings  # the smoke run on a given checkpoint
 
@@ -92,7 +93,7 @@ def test_a_run_that_diverges_in_its_first_window_saves_nothing(default_ckpt_dir,
   s = _settings(default_ckpt_dir, optim__lr=1e3, train__num_steps=3, train__log_every=3,
                 train__eval_every=3, train__ckpt_every=3)
   workdir = str(tmp_path / "run")
-  with pytest.raises(train.TrainingStopped) as info:
+  with pytest.raises(health.TrainingStopped) as info:
     train.train_and_evaluate(s, workdir)
   assert "started diverged" in str(info.value)
   assert "no checkpoint was saved before it" in str(info.value)

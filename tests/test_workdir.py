@@ -22,6 +22,7 @@ import pytest
 from configs import smoke
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import evaluate as eval_lib
+from mtbert_jax import health
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import train
 from mtbert_jax import workdir as workdir_lib
@@ -220,7 +221,7 @@ def test_diverged_run_stops_before_a_checkpoint_and_says_where_the_last_one_is(
   # lr 3e3: the losses explode within a few steps but stay finite at first.
   s = tiny_settings(tiny_ckpt_dir, optim__lr=3e3, train__num_steps=30, train__log_every=3,
                     train__eval_every=3, train__ckpt_every=30)
-  with pytest.raises(train.TrainingStopped) as info:
+  with pytest.raises(health.TrainingStopped) as info:
     train.train_and_evaluate(s, str(tmp_path / "run"))
   message = str(info.value)
   assert "diverged" in message or "non-finite" in message
