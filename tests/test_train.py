@@ -53,6 +53,7 @@ _MULTI_DEVICE_SCRIPT = r"""
 import functools, jax, numpy as np
 from configs import base
 from mtbert_jax import experiment, heads as heads_lib, model as model_lib, settings, sharding, train
+from mtbert_jax import tasks as tasks_lib
 from jax.sharding import Mesh
 assert len(jax.devices()) == 8, jax.devices()
 cfg = model_lib.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
