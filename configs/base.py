@@ -91,8 +91,16 @@ def get_config() -> ml_collections.ConfigDict:
                                     # binary review sentiment (its own head, dev accuracy)
   c.train.sampling = "round_robin"  # which task a step trains: "round_robin" (paper) |
                                     # "proportional" to training examples | "temperature":
-                                    # p_t ~ n_t^(1/sampling_temperature)
+                                    # p_t ~ n_t^(1/sampling_temperature) | "annealed":
+                                    # p_t ~ n_t^a, a linear from alpha_start to alpha_end
   c.train.sampling_temperature = 2.0  # "temperature": T (1 = proportional, large = uniform)
+  c.train.sampling_alpha_start = 1.0  # "annealed": exponent at the first step (1 =
+                                    # proportional; Stickland and Murray 2019)
+  c.train.sampling_alpha_end = 0.2  # "annealed": exponent at the last step (0 = uniform)
+  # The sampled modes count task t as this factor times its training examples, e.g. nli=0.2
+  # for a smaller share of the NLI triplets' steps; 1 = its size
+  c.train.sampling_scale = ml_collections.ConfigDict(
+      dict(sst=1.0, para=1.0, sts=1.0, nli=1.0, cfimdb=1.0))
   c.train.batch_size = 64           # examples per step (global, over all devices and hosts)
   c.train.mode = "finetune"         # "finetune": all weights | "pretrain": frozen encoder
   c.train.label_smoothing = 0.0     # sentiment cross-entropy label smoothing
@@ -150,6 +158,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.simcse.temperature = 0.05       # tau in the InfoNCE loss
   c.simcse.weight = 1.0             # weight of the "nli" (supervised) task's loss
   c.simcse.unsup_weight = 0.0       # unsupervised SimCSE on each step's sentences; 0 = off
+
+  # -- distillation from single-task teachers (Clark et al. 2019, born-again multitask) -------
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teachers = ()           # "TASK=WORKDIR" per distilled task: a finished run of the
+                                    # same tokenizer and train file ("{seed}" in WORKDIR: this
+                                    # run's seed); () = off
+  c.distill.schedule = "anneal"     # the gold label's share lambda of the target
+                                    # lambda*gold + (1-lambda)*teacher: "anneal" = linear from
+                                    # 0 at the first step to 1 at the last | "fixed" = weight
+  c.distill.weight = 0.5            # "fixed": lambda
 
   # -- evaluation / checkpoints ---------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

@@ -211,6 +211,32 @@ RECIPES["both_t07_lr5e-5"] = _with(RECIPES["both_t07"], optim__lr=5e-5)
 RECIPES["both_t07_lr2e-4"] = _with(RECIPES["both_t07"], optim__lr=2e-4)
 
 
+# Issue 29's candidates, each on the multitask row the validation split chose
+# (docs/results.json "selection"), to be chosen among on the validation split again.
+WINNER = "both_t07_lr5e-5"
+# Annealed task sampling (Stickland and Murray 2019): p_t ~ n_t^a, a from 1 to 0.2.
+RECIPES["win_annealed"] = _with(RECIPES[WINNER], train__sampling="annealed",
+                                train__sampling_alpha_start=1.0, train__sampling_alpha_end=0.2)
+# Teacher-annealed distillation (Clark et al. 2019) from the chosen single-task rows, the
+# teacher of seed k being that row's run of seed k (`{seed}`). Its cost is the teachers'
+# budget again: a row beside the equal-budget rows, never among them.
+TEACHERS = tuple(f"{task}=runs/verdict/{row.replace('/', '__')}/seed{{seed}}" for task, row in
+                 (("sst", "sst/dropout0.1"), ("para", "para/lr2e-4"), ("sts", "sts/lr2e-4")))
+RECIPES["win_distill"] = _with(RECIPES[WINNER], distill__teachers=TEACHERS)
+RECIPES["win_distill_annealed"] = _with(RECIPES["win_distill"], train__sampling="annealed",
+                                        train__sampling_alpha_start=1.0,
+                                        train__sampling_alpha_end=0.2)
+# The NLI triplets (supervised SimCSE) beside the winner. At temperature 0.7 their 27,560
+# rows would take ~64% of the steps; `train.sampling_scale.nli` sets their share instead:
+# 0.15 gives about 10%, 0.25 about 20% of the budget.
+_TASKS_NLI = ("sst", "para", "sts", "nli")
+for _share, _scale in (("10", 0.15), ("20", 0.25)):
+  RECIPES[f"win_nli{_share}"] = _with(
+      RECIPES[WINNER], train__tasks=_TASKS_NLI,
+      train__sampling_scale={"sst": 1.0, "para": 1.0, "sts": 1.0, "nli": _scale,
+                             "cfimdb": 1.0})
+
+
 def get_config(row: str = "full"):
   if row in SINGLE_TASK:
     task = row.split("/", 1)[0]

@@ -68,6 +68,9 @@ class TokenizedSet:
   # True for another source's examples in another order (pairs as (b, a)): the task
   # sampler counts a task's examples once (`train.task_schedule`).
   reordered: bool = False
+  # A teacher's targets per example (float32 [N] or [N, C], `distill.attach`), batched as
+  # "teacher" beside the labels; None: no teacher.
+  targets: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -172,7 +175,8 @@ def limit_rows(tokset: TokenizedSet, limit: int) -> TokenizedSet:
     segments[name] = Segment(seg.input_ids[:end], seg.type_ids[:end], seg.offsets[:limit + 1])
   return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[:limit],
                       None if tokset.ids is None else tokset.ids[:limit],
-                      tokset.lengths[:limit], tokset.pad_id, tokset.reordered)
+                      tokset.lengths[:limit], tokset.pad_id, tokset.reordered,
+                      None if tokset.targets is None else tokset.targets[:limit])
 
 
 def select_rows(tokset: TokenizedSet, keep: np.ndarray) -> TokenizedSet:
@@ -188,7 +192,8 @@ def select_rows(tokset: TokenizedSet, keep: np.ndarray) -> TokenizedSet:
     segments[name] = Segment(seg.input_ids[tokens], seg.type_ids[tokens], offsets)
   return TokenizedSet(segments, None if tokset.labels is None else tokset.labels[rows],
                       None if tokset.ids is None else [tokset.ids[r] for r in rows],
-                      tokset.lengths[rows], tokset.pad_id, tokset.reordered)
+                      tokset.lengths[rows], tokset.pad_id, tokset.reordered,
+                      None if tokset.targets is None else tokset.targets[rows])
 
 
 def in_validation_split(ids: Sequence[str], fraction: float) -> np.ndarray:
@@ -258,6 +263,9 @@ def make_batch(tokset: TokenizedSet, rows: np.ndarray, length: int) -> dict[str,
     batch[f"token_type_ids{suffix}"] = np.where(mask, source_types[flat], 0).astype(np.int32)
   if tokset.labels is not None:
     batch["labels"] = np.where(valid, tokset.labels[safe_rows], 0).astype(tokset.labels.dtype)
+  if tokset.targets is not None:
+    keep = valid.reshape((-1,) + (1,) * (tokset.targets.ndim - 1))
+    batch["teacher"] = np.where(keep, tokset.targets[safe_rows], 0).astype(np.float32)
   batch["weights"] = valid.astype(np.float32)
   batch["index"] = np.where(valid, rows, -1).astype(np.int32)
   return batch
@@ -404,8 +412,10 @@ class TrainIterator:
     for tokset in sources[1:]:
       if (set(tokset.segments) != set(first.segments)
           or (tokset.labels is None) != (first.labels is None)
-          or (first.labels is not None and tokset.labels.dtype != first.labels.dtype)):
-        raise ValueError("mixed sources must have the same segments and label dtype")
+          or (first.labels is not None and tokset.labels.dtype != first.labels.dtype)
+          or (tokset.targets is None) != (first.targets is None)):
+        raise ValueError("mixed sources must have the same segments and label dtype, and "
+                         "all or none a teacher's targets")
     self.sources = sources
     self.batch_size = batch_size
     self.buckets = _check_buckets(buckets)
@@ -461,29 +471,58 @@ class TaskSchedule:
   "round_robin" (the paper): `tasks[step % T]`. "proportional": each step draws task t
   with probability n_t / sum(n), n_t its number of training examples; "temperature": with
   probability n_t^(1/T) / sum(n^(1/T)) (T5's and sentence-transformers' temperature
-  sampling; T = 1 is "proportional", T -> inf uniform). Draws are seeded by (seed, block of
-  `_MIX_CHUNK` steps).
+  sampling; T = 1 is "proportional", T -> inf uniform); "annealed" (Stickland and Murray's
+  annealed sampling): with probability n_t^a / sum(n^a), the exponent a moving linearly
+  from `alpha_start` at step 0 to `alpha_end` at step `num_steps - 1`, so the large task
+  dominates early and the small ones get more of the late steps. Draws are seeded by
+  (seed, block of `_MIX_CHUNK` steps).
   """
 
+  MODES = ("round_robin", "proportional", "temperature", "annealed")
+
   def __init__(self, tasks: Sequence[str], sizes: Sequence[int], mode: str = "round_robin",
-               temperature: float = 1.0, seed: int = 0):
-    if mode not in ("round_robin", "proportional", "temperature"):
+               temperature: float = 1.0, seed: int = 0, alpha_start: float = 1.0,
+               alpha_end: float = 0.2, num_steps: int = 1):
+    if mode not in self.MODES:
       raise ValueError(f"unknown task sampling {mode!r}")
     if len(sizes) != len(tasks) or any(n <= 0 for n in sizes):
       raise ValueError(f"need a positive size per task, got {dict(zip(tasks, sizes))}")
     self.tasks, self.mode, self.seed = tuple(tasks), mode, seed
+    self._sizes = np.asarray(sizes, np.float64)
+    self._alphas = (alpha_start, alpha_end, max(1, num_steps - 1))
     power = 1.0 if mode == "proportional" else 1.0 / temperature
-    weights = np.asarray(sizes, np.float64) ** power
+    weights = self._sizes ** power
+    # "annealed": the probabilities of step 0 (`probabilities_at` gives any step's).
     self.probabilities = (np.full(len(tasks), 1.0 / len(tasks)) if mode == "round_robin"
+                          else self.probabilities_at(0) if mode == "annealed"
                           else weights / weights.sum())
     self._chunk, self._draws = -1, np.zeros(0, np.int64)
+
+  def probabilities_at(self, step: int) -> np.ndarray:
+    """Each task's probability at `step` (constant unless "annealed")."""
+    if self.mode != "annealed":
+      return self.probabilities
+    start, end, last = self._alphas
+    alpha = start + (end - start) * min(1.0, step / last)
+    weights = self._sizes ** alpha
+    return weights / weights.sum()
+
+  def _draw(self, chunk: int) -> np.ndarray:
+    rng = np.random.default_rng((self.seed, 2_000_003, chunk))
+    if self.mode != "annealed":
+      return rng.choice(len(self.tasks), size=_MIX_CHUNK, p=self.probabilities)
+    # One uniform draw per step, read against that step's cumulative probabilities.
+    uniform = rng.random(_MIX_CHUNK)
+    first = chunk * _MIX_CHUNK
+    return np.array([min(int(np.searchsorted(np.cumsum(self.probabilities_at(first + i)), u,
+                                             side="right")), len(self.tasks) - 1)
+                     for i, u in enumerate(uniform)], np.int64)
 
   def __call__(self, step: int) -> str:
     if self.mode == "round_robin":
       return self.tasks[step % len(self.tasks)]
     chunk = step // _MIX_CHUNK
     if chunk != self._chunk:
-      rng = np.random.default_rng((self.seed, 2_000_003, chunk))
-      self._draws = rng.choice(len(self.tasks), size=_MIX_CHUNK, p=self.probabilities)
+      self._draws = self._draw(chunk)
       self._chunk = chunk
     return self.tasks[int(self._draws[step % _MIX_CHUNK])]

@@ -71,6 +71,32 @@ def softmax_cross_entropy(logits: Array, labels: Array, weights: Array | None = 
   return _weighted_mean(per_example, weights)
 
 
+def soft_cross_entropy(logits: Array, targets: Array, weights: Array | None = None) -> Array:
+  """Mean cross entropy of logits [B, C] against target distributions [B, C] (a teacher's
+  class probabilities)."""
+  logits = _at_least_f32(logits)
+  per_example = optax.softmax_cross_entropy(logits, targets.astype(logits.dtype))
+  return _weighted_mean(per_example, weights)
+
+
+def distillation_lambda(step: Array, num_steps: int, schedule: str, weight: float) -> Array:
+  """The gold label's share lambda of the target lambda * gold + (1 - lambda) * teacher at
+  `step` (Clark et al. 2019): "anneal" rises linearly from 0 at step 0 to 1 at step
+  `num_steps - 1` (and stays 1 after); "fixed" is `weight`."""
+  if schedule == "fixed":
+    return jnp.float32(weight)
+  return jnp.clip(jnp.asarray(step, jnp.float32) / max(1, num_steps - 1), 0.0, 1.0)
+
+
+def distillation_loss(gold_loss: Array, teacher_loss: Array, lam: Array) -> Array:
+  """lambda * gold_loss + (1 - lambda) * teacher_loss: for cross entropy (binary or not)
+  exactly the loss against the mixed target lambda * gold + (1 - lambda) * teacher, as it is
+  linear in the target; for squared error it differs from the error against the mixed
+  score by lambda * (1 - lambda) * (gold - teacher)^2, which does not depend on the model,
+  so the gradient is the same. At lambda = 1 it is `gold_loss` exactly (1 * x + 0 * y)."""
+  return lam * gold_loss + (1.0 - lam) * teacher_loss
+
+
 def sigmoid_binary_cross_entropy(logits: Array, labels: Array,
                                  weights: Array | None = None) -> Array:
   """Mean binary cross entropy of one logit per example [B] against 0/1 labels [B] (Quora)."""

@@ -5,6 +5,8 @@ in one encoder pass (the segments stacked along the batch axis) and applies its 
 method; the terms below share that forward pass and its dropout masks:
 
 * `task_term`: the task's own loss (cross entropy, MSE, supervised SimCSE for "nli");
+  `distilled_task_term` in its place for a task with a teacher (`distill.teachers`):
+  lambda * that loss + (1 - lambda) * the loss against the teacher's targets;
 * `smart_term`: SMART's smoothness regularizer on the input embeddings (section 3.3);
 * `bregman_term`: SMART's Bregman proximal term against an EMA of the parameters;
 * `simcse_unsup_term`: unsupervised SimCSE between two dropout views of the sentences.
@@ -119,6 +121,18 @@ def task_term(ctx: Context) -> tuple[Array, dict]:
   return loss, {f"loss/{ctx.task.name}": loss}
 
 
+def distilled_task_term(ctx: Context) -> tuple[Array, dict]:
+  """The task loss against the mix lambda * gold + (1 - lambda) * teacher: the batch's
+  "teacher" targets (`distill.attach`) and its "distill_lambda" (`train.train_step`, from
+  the step and `losses.distillation_lambda`)."""
+  batch, task = ctx.batch, ctx.task
+  gold = task.loss(ctx.fwd.out, batch.get("labels"), batch["weights"], ctx.settings)
+  teacher = task.soft_loss(ctx.fwd.out, batch["teacher"], batch["weights"], ctx.settings)
+  lam = batch["distill_lambda"]
+  return losses.distillation_loss(gold, teacher, lam), {
+      f"loss/{task.name}": gold, f"loss/teacher_{task.name}": teacher, "distill/lambda": lam}
+
+
 def smart_term(ctx: Context) -> tuple[Array, dict]:
   """SMART on the task's input embeddings: worst of random perturbations ("random", the
   paper) or projected ascent ("adversarial"), symmetric divergence of the outputs."""
@@ -171,7 +185,8 @@ Term = Callable[[Context], tuple[Array, dict]]
 
 def step_terms(s: Settings, task: tasks_lib.Task) -> list[tuple[str, float, Term]]:
   """(name, weight, term) of every term of `task`'s step with a non-zero weight."""
-  terms = [("task", task.loss_scale(s), task_term)]
+  distilled = task.name in s.distill.by_task
+  terms = [("task", task.loss_scale(s), distilled_task_term if distilled else task_term)]
   if task.divergence is not None:
     if s.smart.weight > 0 and task.name in s.smart.tasks:
       terms.append(("smart", s.smart.weight, smart_term))

@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 # The task table's rows (tasks.py checks): all, and those with dev metrics and predictions.
 TASKS = ("sst", "para", "sts", "nli", "cfimdb")
 EVALUATED_TASKS = ("sst", "para", "sts", "cfimdb")
+# The tasks a teacher's outputs can be distilled into (their rows' `soft_loss`).
+DISTILLED_TASKS = ("sst", "para", "sts", "cfimdb")
 
 
 def _fail(field: str, value: Any, expected: str):
@@ -182,6 +184,9 @@ class TrainSettings:
   tasks: tuple[str, ...]
   sampling: str
   sampling_temperature: float
+  sampling_alpha_start: float
+  sampling_alpha_end: float
+  sampling_scale: tuple[tuple[str, float], ...]  # (task, factor) pairs; a dict in config.json
   batch_size: int
   mode: str
   label_smoothing: float
@@ -198,8 +203,14 @@ class TrainSettings:
     _tasks("train.tasks", self.tasks, TASKS)
     if len(set(self.tasks)) != len(self.tasks):
       _fail("train.tasks", self.tasks, "each task once")
-    _one_of("train.sampling", self.sampling, ("round_robin", "proportional", "temperature"))
+    _one_of("train.sampling", self.sampling,
+            ("round_robin", "proportional", "temperature", "annealed"))
     _positive("train.sampling_temperature", self.sampling_temperature)
+    _at_least("train.sampling_alpha_start", self.sampling_alpha_start, 0.0)
+    _at_least("train.sampling_alpha_end", self.sampling_alpha_end, 0.0)
+    for task, factor in self.sampling_scale:
+      _tasks("train.sampling_scale", (task,), TASKS)
+      _positive(f"train.sampling_scale.{task}", factor)
     _at_least("train.num_steps", self.num_steps, 1)
     _at_least("train.batch_size", self.batch_size, 1)
     _one_of("train.mode", self.mode, ("finetune", "pretrain"))
@@ -301,6 +312,31 @@ class SimcseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  teachers: tuple[str, ...]
+  schedule: str
+  weight: float
+
+  def __post_init__(self):
+    seen = []
+    for entry in self.teachers:
+      task, sep, workdir = str(entry).partition("=")
+      if not sep or not workdir.strip() or task not in DISTILLED_TASKS:
+        _fail("distill.teachers", self.teachers, "entries TASK=WORKDIR with TASK among "
+              f"{list(DISTILLED_TASKS)}, e.g. \"('sst=runs/sst',)\"")
+      if task in seen:
+        _fail("distill.teachers", self.teachers, "one teacher per task")
+      seen.append(task)
+    _one_of("distill.schedule", self.schedule, ("anneal", "fixed"))
+    _probability("distill.weight", self.weight)
+
+  @property
+  def by_task(self) -> dict[str, str]:
+    """{task: teacher workdir}."""
+    return dict(str(e).split("=", 1) for e in self.teachers)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSettings:
   batch_size: int
   buckets: tuple[int, ...]
@@ -338,6 +374,7 @@ class Settings:
   weighting: WeightingSettings
   smart: SmartSettings
   simcse: SimcseSettings
+  distill: DistillSettings
   eval: EvalSettings
   ckpt: CkptSettings
   jax_cache_dir: str
@@ -361,6 +398,15 @@ class Settings:
                         "empty")
     if self.data.tweets_weight > 0 and not self.data.tweets:
       raise ConfigError("--config.data.tweets_weight > 0 but --config.data.tweets is empty")
+    for task in self.distill.by_task:
+      if task not in self.train.tasks:
+        raise ConfigError(f"--config.distill.teachers names a teacher for {task!r}, which is "
+                          "not in --config.train.tasks")
+    if "sst" in self.distill.by_task and (self.data.cfimdb_weight > 0
+                                          or self.data.tweets_weight > 0):
+      raise ConfigError("--config.distill.teachers has an SST teacher and SST mixes in "
+                        "CFIMDB or tweets (data.cfimdb_weight / data.tweets_weight > 0): the "
+                        "teacher's outputs exist for SST's own rows only; set both to 0")
     if self.optim.ema_decay > 0 and self.smart.bregman_weight > 0:
       raise ConfigError("--config.optim.ema_decay > 0 and --config.smart.bregman_weight > 0: "
                         "the train state keeps one moving average of the weights, the "

@@ -60,6 +60,12 @@ class Task:
   output: Callable[..., Any]
   # (output, labels, per-example weights, settings) -> scalar loss (before any weight).
   loss: Callable[..., Array]
+  # Distillation (`distill.py`): a teacher's raw outputs [N, ...] (NumPy) -> the targets
+  # the student learns beside the labels (class probabilities, probability, score), and
+  # (output, targets, per-example weights, settings) -> scalar loss against those targets.
+  # None: the task cannot be distilled.
+  teacher_target: Callable[[np.ndarray], np.ndarray] | None = None
+  soft_loss: Callable[..., Array] | None = None
   # Scale of the loss in the objective (a setting), e.g. SimCSE's weight for "nli".
   loss_scale: Callable[[settings_lib.Settings], float] = lambda s: 1.0
   # (output_p, output_q) -> per-example divergence [B] for SMART and Bregman; None: none.
@@ -160,6 +166,21 @@ def _class_loss(logits, labels, weights, s: settings_lib.Settings):
   return losses.softmax_cross_entropy(logits, labels, weights, s.train.label_smoothing)
 
 
+def _soft_class_loss(logits, targets, weights, s: settings_lib.Settings):
+  del s
+  return losses.soft_cross_entropy(logits, targets, weights)
+
+
+def _np_softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _np_sigmoid(logit: np.ndarray) -> np.ndarray:
+  return (1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))).astype(np.float32)
+
+
 def _class_of_logits(logits):
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -172,7 +193,7 @@ TABLE: dict[str, Task] = {
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
             rows, tok, max_length),
         segments=lambda heads: ("",), output=heads_lib.MultitaskModel.sst_output,
-        loss=_class_loss,
+        loss=_class_loss, teacher_target=_np_softmax, soft_loss=_soft_class_loss,
         divergence=functools.partial(losses.symmetric_kl, reduce=False),
         predict=_class_of_logits, metric="sst_acc", metric_label="SST acc", score=accuracy,
         prediction_file="sst", prediction_header="Predicted_Sentiment", unit="sentences",
@@ -185,6 +206,8 @@ TABLE: dict[str, Task] = {
         tokenize=_tokenize_pairs(_para_joint, _para_prompt), prompt=_para_prompt,
         segments=_pair_segments(_para_joint), output=heads_lib.MultitaskModel.para_output,
         loss=lambda out, y, w, s: losses.sigmoid_binary_cross_entropy(out, y, w),
+        teacher_target=_np_sigmoid, soft_loss=lambda out, y, w, s: (
+            losses.sigmoid_binary_cross_entropy(out, y, w)),
         divergence=functools.partial(losses.symmetric_kl_binary, reduce=False),
         predict=lambda logit: (logit > 0).astype(jnp.int32),  # sigmoid(logit) > 0.5
         metric="para_acc", metric_label="Quora acc", score=accuracy, prediction_file="para",
@@ -198,6 +221,8 @@ TABLE: dict[str, Task] = {
         tokenize=_tokenize_pairs(_sts_joint),
         segments=_pair_segments(_sts_joint), output=heads_lib.MultitaskModel.sts_output,
         loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
+        teacher_target=lambda score: np.asarray(score, np.float32),
+        soft_loss=lambda out, y, w, s: losses.mean_squared_error(out, y, w),
         divergence=functools.partial(losses.mse_divergence, reduce=False),
         predict=lambda score: score, metric="sts_pearson", metric_label="STS r", score=pearson,
         to_unit=lambda r: (r + 1) / 2, prediction_file="sts",
@@ -223,7 +248,8 @@ TABLE: dict[str, Task] = {
         tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
             rows, tok, max_length),
         segments=lambda heads: ("",), output=heads_lib.MultitaskModel.cfimdb_output,
-        loss=_class_loss, divergence=functools.partial(losses.symmetric_kl, reduce=False),
+        loss=_class_loss, teacher_target=_np_softmax, soft_loss=_soft_class_loss,
+        divergence=functools.partial(losses.symmetric_kl, reduce=False),
         predict=_class_of_logits, metric="cfimdb_acc", metric_label="CFIMDB acc",
         score=accuracy, prediction_file="cfimdb", prediction_header="Predicted_Sentiment",
         unit="reviews", description="CFIMDB movie-review sentiment (2 classes)"),
@@ -234,6 +260,7 @@ assert all(t.files["train"] == settings_lib.train_file_field(n) for n, t in TABL
 # Every task with a dev metric and prediction files.
 EVALUATED = tuple(name for name, task in TABLE.items() if task.evaluated)
 assert EVALUATED == settings_lib.EVALUATED_TASKS
+assert settings_lib.DISTILLED_TASKS == tuple(n for n, t in TABLE.items() if t.soft_loss)
 # The course's three tasks: the headline average and leaderboard, the study's columns.
 EVAL_TASKS = tuple(name for name, task in TABLE.items() if task.headline)
 # The tasks on sentence pairs whose label does not depend on the pair's order.

@@ -34,6 +34,7 @@ import optax
 from mtbert_jax import checkpoint as ckpt_lib
 from mtbert_jax import console
 from mtbert_jax import data as data_lib
+from mtbert_jax import distill
 from mtbert_jax import evaluate as eval_lib
 from mtbert_jax import experiment
 from mtbert_jax import health as health_lib
@@ -174,6 +175,9 @@ def train_step(state: TrainState, batch: dict, base_rng: jax.Array, *, task: str
   else:
     frozen = lambda p: p
   weight = _task_weight(s, state, task_index, task)
+  if task in s.distill.by_task:
+    batch = dict(batch, distill_lambda=losses.distillation_lambda(
+        state.step, s.train.num_steps, s.distill.schedule, s.distill.weight))
 
   def loss_fn(p):
     loss, metrics = objective.loss(mt_model, s, spec, frozen(p), batch, rng, state.ema_params)
@@ -242,10 +246,15 @@ def _mean_metrics(host: list[dict[str, float]]) -> dict[str, float]:
 
 def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
                   ) -> data_lib.TaskSchedule:
-  sizes = [sum(len(src) for src in iterators[t].sources if not src.reordered)
+  scale = dict(s.train.sampling_scale)
+  sizes = [scale.get(t, 1.0) * sum(len(src) for src in iterators[t].sources
+                                   if not src.reordered)
            for t in s.train.tasks]
   return data_lib.TaskSchedule(s.train.tasks, sizes, s.train.sampling,
-                               s.train.sampling_temperature, seed=s.seed)
+                               s.train.sampling_temperature, seed=s.seed,
+                               alpha_start=s.train.sampling_alpha_start,
+                               alpha_end=s.train.sampling_alpha_end,
+                               num_steps=s.train.num_steps)
 
 
 # Steps the host may dispatch ahead of the device. JAX dispatches asynchronously, and
@@ -256,10 +265,14 @@ def task_schedule(s: Settings, iterators: dict[str, data_lib.TrainIterator]
 MAX_IN_FLIGHT = 2
 
 
-def _iterators(s: Settings, tok, local_batch: int) -> dict[str, data_lib.TrainIterator]:
+def _iterators(s: Settings, tok, local_batch: int,
+               workdir: str) -> dict[str, data_lib.TrainIterator]:
+  """Per task its training batches; a task with a teacher (`distill.teachers`) carries the
+  teacher's targets, computed here before the first step or read from `workdir`'s cache."""
   iterators = {}
   for i, task in enumerate(s.train.tasks):
     sources, mix = experiment.train_sources(s, tok, task)
+    sources = distill.attach_all(s, workdir, task, sources)
     too_small = [len(src) for src in sources if len(src) < s.train.batch_size]
     if too_small:
       raise settings_lib.ConfigError(
@@ -311,7 +324,7 @@ def _train_and_evaluate(s: Settings, workdir: str,
   mt_model, bert_params = experiment.build_model(s)
 
   # Data first: a bad file fails before any compilation.
-  iterators = _iterators(s, tok, local_batch)
+  iterators = _iterators(s, tok, local_batch, workdir)
   # The loop's evaluations (and the best checkpoint) read the validation split if there is
   # one, else dev.
   split = experiment.eval_split(s)

@@ -45,6 +45,7 @@ FREE = {
     # heads, max length); everything about training, and which dev files, may differ, as
     # may the compute precision and kernels of the forward pass.
     "eval": _ALWAYS + ("seed", "train.*", "optim.*", "weighting.*", "smart.*", "simcse.*",
+                       "distill.*",
                        "data.*_train", "data.*_dev", "data.train_limit", "data.dev_limit",
                        "data.cfimdb_*", "data.tweets*", "data.nli", "data.on_invalid",
                        "data.swap_pairs", "eval.buckets", "eval.both_orders", "model.dtype",

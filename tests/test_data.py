@@ -481,6 +481,41 @@ def test_task_schedule_round_robin_and_sampled_frequencies():
     data.TaskSchedule(("sst",), (0,), "proportional")
 
 
+def test_annealed_task_schedule_moves_from_proportional_to_near_uniform():
+  sizes, tasks, steps = (8544, 13507, 6040), ("sst", "para", "sts"), 20_001
+  schedule = data.TaskSchedule(tasks, sizes, "annealed", seed=5, alpha_start=1.0,
+                               alpha_end=0.2, num_steps=steps)
+
+  def expected(alpha):
+    w = np.asarray(sizes, float) ** alpha
+    return w / w.sum()
+
+  np.testing.assert_allclose(schedule.probabilities_at(0), expected(1.0))
+  np.testing.assert_allclose(schedule.probabilities_at(steps // 2), expected(0.6))
+  np.testing.assert_allclose(schedule.probabilities_at(steps - 1), expected(0.2))
+  np.testing.assert_allclose(schedule.probabilities_at(10 * steps), expected(0.2))
+  # The drawn frequencies of the first and last 4,000 steps follow the probabilities of
+  # those stretches (their mean over the steps): the binomial standard error of a
+  # frequency over 4,000 draws is <= 0.008, and 0.04 is 5 of them.
+  draws = [schedule(s) for s in range(steps)]
+  for window in (range(0, 4000), range(steps - 4000, steps)):
+    mean_p = np.mean([schedule.probabilities_at(s) for s in window], axis=0)
+    counts = collections.Counter(draws[s] for s in window)
+    for task, p in zip(tasks, mean_p):
+      assert abs(counts[task] / len(window) - p) < 0.04, (window, task, counts, mean_p)
+  # Quora (the largest) loses about 0.10 of the steps' share from the first stretch to the
+  # last (0.475 -> 0.376; 0.06 is 3.6 standard errors of the difference below that), and
+  # the two smaller tasks gain.
+  early = collections.Counter(draws[:4000])
+  late = collections.Counter(draws[-4000:])
+  assert (early["para"] - late["para"]) / 4000 > 0.06, (early, late)
+  assert late["sst"] > early["sst"] and late["sts"] > early["sts"], (early, late)
+  # A function of the step alone: a resumed run draws the same tasks.
+  again = data.TaskSchedule(tasks, sizes, "annealed", seed=5, alpha_start=1.0,
+                            alpha_end=0.2, num_steps=steps)
+  assert [again(s) for s in range(9000, 11000)] == draws[9000:11000]
+
+
 def _sst_rows(count: int) -> str:
   return "".join(f"{i}\tid{i}\tsentence number {i} is fine\t{i % 5}\n" for i in range(count))
 

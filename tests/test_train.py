@@ -283,20 +283,24 @@ def _final_state(workdir, config):
   return jax.device_get(state), meta
 
 
+def kill_at_checkpoint(cmd, env, checkpoint: str) -> None:
+  """Runs `cmd` and SIGKILLs it as soon as the folder `checkpoint` exists."""
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while not os.path.isdir(checkpoint) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def test_sigkill_and_resume_matches_uninterrupted_run(tiny_ckpt_dir, data_dir, tmp_path):
   full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
   cmd, env = _launch(full_dir, tiny_ckpt_dir)
   subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
 
   cmd, env = _launch(killed_dir, tiny_ckpt_dir)
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  target = os.path.join(killed_dir, "checkpoints", "4")
-  deadline = time.time() + 300
-  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  assert proc.poll() is None, "the run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint(cmd, env, os.path.join(killed_dir, "checkpoints", "4"))
   assert not os.path.exists(os.path.join(killed_dir, "metrics.json"))
   subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
 
@@ -490,7 +494,7 @@ def test_paraphrase_cross_encoder_reads_the_joint_pair_with_or_without_the_promp
 
 @pytest.mark.parametrize("heads", [{"heads__paraphrase": "prompt", "heads__similarity": "cross"},
                                    {"heads__paraphrase": "bi", "heads__similarity": "cosine"}])
-def test_swap_pairs_trains_each_pair_reversed_and_counts_it_once(tiny_ckpt_dir, heads):
+def test_swap_pairs_trains_each_pair_reversed_and_the_sampler_counts_it_once(tiny_ckpt_dir, heads):
   off = tiny_run_config(tiny_ckpt_dir, train__sampling="proportional", **heads)
   on = tiny_run_config(tiny_ckpt_dir, train__sampling="proportional", data__swap_pairs=True,
                        **heads)
@@ -529,3 +533,10 @@ def test_swap_pairs_trains_each_pair_reversed_and_counts_it_once(tiny_ckpt_dir, 
     return train.task_schedule(s, iterators).probabilities
 
   np.testing.assert_array_equal(schedule(on), schedule(off))
+  # `train.sampling_scale` counts a task as that factor times its examples.
+  scaled = tiny_run_config(tiny_ckpt_dir, train__sampling="proportional",
+                           train__sampling_scale={"sst": 1.0, "para": 0.25, "sts": 1.0,
+                                                  "nli": 1.0, "cfimdb": 1.0}, **heads)
+  sizes = np.array([len(experiment.load_split(off, tok, t, "train")) for t in off.train.tasks],
+                   float) * [1.0, 0.25, 1.0]
+  np.testing.assert_allclose(schedule(scaled), sizes / sizes.sum())
