@@ -29,7 +29,6 @@ from tests import test_objective as obj_tests
 from tests import test_train as train_tests
 
 
-
 def test_lambda_anneals_from_zero_to_one_and_fixed_is_constant():
   lam = lambda step: float(losses.distillation_lambda(jnp.int32(step), 11, "anneal", 0.3))
   assert [lam(s) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
