@@ -157,9 +157,6 @@ RECIPES["both_t05"] = _with(RECIPES["prop_both_orders"], train__sampling="temper
 # On `both_t07`: the paraphrase cross-encoder without the paper's prompt, as the
 # single-task baseline reads a pair (`[CLS] a [SEP] b [SEP]`).
 RECIPES["t07_cross_para"] = _with(RECIPES["both_t07"], heads__paraphrase="cross")
-# The winning recipe: `configs/full.py` returns this row (docs/results.md has the search).
-FULL = "both_t07"
-RECIPES["full"] = RECIPES[FULL]
 
 
 # Single-task rows: one task alone, at the steps its single-task baseline takes
@@ -211,9 +208,13 @@ RECIPES["both_t07_lr5e-5"] = _with(RECIPES["both_t07"], optim__lr=5e-5)
 RECIPES["both_t07_lr2e-4"] = _with(RECIPES["both_t07"], optim__lr=2e-4)
 
 
-# Issue 29's candidates, each on the multitask row the validation split chose
-# (docs/results.json "selection"), to be chosen among on the validation split again.
-WINNER = "both_t07_lr5e-5"
+# The multitask row the validation split chose (`python -m study.verdict --select`,
+# docs/results.json "selection"): `configs/full.py` returns it.
+FULL = "both_t07_lr5e-5"
+RECIPES["full"] = RECIPES[FULL]
+
+# Issue 29's candidates, each on that row, to be chosen among on the validation split again.
+WINNER = FULL
 # Annealed task sampling (Stickland and Murray 2019): p_t ~ n_t^a, a from 1 to 0.2.
 RECIPES["win_annealed"] = _with(RECIPES[WINNER], train__sampling="annealed",
                                 train__sampling_alpha_start=1.0, train__sampling_alpha_end=0.2)
