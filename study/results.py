@@ -204,13 +204,19 @@ def selection_lines(results: dict) -> list[str]:
   lines = [f"## Selection on the validation split ({chosen.get('date', '')})", "",
            "| choice | metric | seeds | rows compared (mean over those seeds) | chosen |",
            "|---|---|---|---|---|"]
-  for name, c in chosen.items():
-    if not isinstance(c, dict):
-      continue
+  def line(name: str, c: dict) -> str:
     compared = ", ".join(f"`{r}` {v:.4f}" for r, v in sorted(c["compared"].items(),
                                                              key=lambda kv: -kv[1]))
     seeds = c.get("seeds") if isinstance(c.get("seeds"), list) else "each row's own"
-    lines.append(f"| {name} | {c['metric']} | {seeds} | {compared} | `{c['chosen']}` |")
+    return f"| {name} | {c['metric']} | {seeds} | {compared} | `{c['chosen']}` |"
+
+  for name, c in chosen.items():
+    if not isinstance(c, dict):
+      continue
+    if "search" in c:  # two stages: the search, then its choice against the candidates
+      lines.append(line(f"{name}, search", c["search"]))
+      name = f"{name}, against the candidates"
+    lines.append(line(name, c))
   return lines + [""]
 
 

@@ -7,7 +7,9 @@
 1. Selection (`--select`): among the runs of the search groups in docs/results.json, for
    each task the single-task row (`<task>/<variant>` of `configs/protocol.py`) with the
    best mean validation metric of that task, and the multitask row with the best mean
-   validation average, each mean over the seeds that all compared rows have. Only the validation split (carved from train,
+   validation average, each mean over the seeds that all compared rows have; rows of
+   the "multitask candidates" group then meet the multitask choice in a second stage, on
+   the seeds they share. Only the validation split (carved from train,
    `data.valid_fraction`) is read; the choice, the rows compared and their values are
    recorded under "selection".
 2. Final rows (`--final`): each chosen row trains its missing seeds (the search's runs are
@@ -44,6 +46,12 @@ from study import results as results_lib
 
 SINGLE_GROUP = "single-task search"
 MULTI_GROUP = "multitask search"
+# Rows tried after the search at the same budget (issue 29: annealed sampling, NLI): the
+# selection's second stage sets them against the search's choice.
+CANDIDATE_GROUP = "multitask candidates"
+# Rows that cost more than the budget (distillation: its teachers are the single-task
+# rows' budget again): their own table, never among the rows the selection compares.
+BEYOND_BUDGET_GROUP = "multitask with teachers (beyond the budget)"
 _KIND = {"sst": "accuracy", "para": "accuracy", "sts": "pearson"}  # compare's metric
 
 
@@ -75,8 +83,16 @@ def select(results: dict) -> dict:
   for task in protocol.SINGLE_TASK_STEPS:
     candidates = [r for r in groups.get(SINGLE_GROUP, []) if r.startswith(f"{task}/")]
     choice[task] = best(candidates, metric_key(task, "valid"), f"the {task} single-task rows")
-  choice["multitask"] = best(groups.get(MULTI_GROUP, []), "valid/average",
-                             "the multitask rows")
+  search = best(groups.get(MULTI_GROUP, []), "valid/average", "the multitask rows")
+  candidates = [r for r in groups.get(CANDIDATE_GROUP, []) if r in rows]
+  if candidates:
+    # A second stage: the search's choice against the later candidates, on the seeds
+    # these rows share (the search's other rows have seed 0 alone).
+    choice["multitask"] = dict(best([search["chosen"], *candidates], "valid/average",
+                                    "the search's choice and the candidates"),
+                               search=search)
+  else:
+    choice["multitask"] = search
   choice["date"] = datetime.date.today().isoformat()
   return choice
 

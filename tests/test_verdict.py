@@ -63,6 +63,31 @@ def test_selection_compares_rows_on_their_common_seeds(tmp_path):
     verdict.select(results.collect(str(tmp_path), {"groups": results_["groups"]}))
 
 
+def test_candidates_meet_the_search_choice_on_their_shared_seeds(tmp_path):
+  """The second stage: both_t07 (the search's choice) against two candidates on seeds
+  0-2. win_a is best on seed 0 alone but not on the three seeds' mean; the search's other
+  row (seed 0 only) does not narrow the comparison to seed 0."""
+  for seed, (mine, a, b) in enumerate([(0.72, 0.75, 0.70), (0.73, 0.70, 0.75),
+                                       (0.74, 0.70, 0.76), (0.80, None, None)]):
+    _run(tmp_path, "both_t07", seed, {"valid/average": mine})
+    for row, v in (("win_a", a), ("win_b", b)):
+      if v is not None:
+        _run(tmp_path, row, seed, {"valid/average": v, "dev/average": 1.0})
+  _run(tmp_path, "win_distill", 0, {"valid/average": 0.99})
+  groups = _search(tmp_path)["groups"]
+  groups[verdict.CANDIDATE_GROUP] = ["win_a", "win_b"]
+  groups[verdict.BEYOND_BUDGET_GROUP] = ["win_distill"]
+  chosen = verdict.select(results.collect(str(tmp_path), {"groups": groups}))["multitask"]
+  assert chosen["search"]["chosen"] == "both_t07" and chosen["search"]["seeds"] == [0]
+  assert chosen["seeds"] == [0, 1, 2] and chosen["chosen"] == "win_b"
+  assert chosen["compared"] == pytest.approx({"both_t07": 0.73, "win_a": 0.7166667,
+                                              "win_b": 0.7366667})
+  lines = results.selection_lines({"selection": {"multitask": chosen}})
+  assert any(l.startswith("| multitask, search |") for l in lines)
+  assert any(l.startswith("| multitask, against the candidates |") and "`win_b`" in l
+             for l in lines)
+
+
 def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
   folder = str(tmp_path / "predictions")
   rng = np.random.default_rng(0)
