@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script():
-  spec = importlib.util.spec_from_file_location(
-      "single_task_baselines", os.path.join(ROOT, "benchmarks", "single_task_baselines.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from benchmarks import single_task_baselines as script
 
 
 @pytest.mark.slow
@@ -24,7 +15,6 @@ def test_a_second_invocation_adds_seeds_and_refuses_other_settings(tiny_ckpt_dir
                                                                     tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  script = _script()
   out = str(tmp_path / "baselines.json")
   # STS: 6,040 train pairs / 32 x 3 epochs x 0.005 = 3 steps; 16 dev pairs.
   common = ["--tasks=sts", f"--checkpoint={tiny_ckpt_dir}", f"--data_dir={data_dir}",

@@ -1,27 +1,16 @@
 """benchmarks/inference.py: the FLOP count its GFLOP/s figures rest on, and its flags."""
 
-import importlib.util
-import os
 import types
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      "inference_benchmark", os.path.join(ROOT, "benchmarks", "inference.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from benchmarks import inference as bench
 
 
 def test_encoder_flops_counts_every_padded_segment():
   """One layer, H=2, I=3: a [1, 4] batch has 4 tokens x 2 x (4*2*2 + 2*2*3) = 224 for the
   matmuls and 4 * 1 * 4 * 4 * 2 = 128 for attention; a pair batch counts both segments."""
-  bench = _module()
   cfg = types.SimpleNamespace(hidden_size=2, intermediate_size=3, num_hidden_layers=1)
   one = {"input_ids": np.zeros((1, 4)), "attention_mask": np.ones((1, 4))}
   assert bench.encoder_flops(cfg, [one]) == 224 + 128
@@ -32,6 +21,5 @@ def test_encoder_flops_counts_every_padded_segment():
 
 
 def test_set_names_the_flag_it_cannot_apply():
-  bench = _module()
   with pytest.raises(SystemExit, match="model.nope"):
     bench.main(["--set", "model.nope=1", "--tasks=sst", "--rows=1"])
