@@ -119,11 +119,14 @@ def gemm_rates(cfg, tokens: int, dtype: str, repeats: int = 10) -> dict:
 
 def torch_pass(ckpt: str, batches: list[dict], out_dim: int, dtype: str):
   """A function running HF PyTorch over `batches` as the project's heads read them: every
-  segment of a batch through `BertModel`, mean pooling, a linear head."""
+  segment of a batch through `BertModel` (eval mode, HF's default attention) under
+  `torch.inference_mode`, mean pooling, a linear head of `out_dim` outputs (0: none);
+  bfloat16 through `torch.autocast` when `dtype` is bfloat16."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   model = transformers.BertModel.from_pretrained(ckpt).eval()
-  head = torch.nn.Linear(model.config.hidden_size, out_dim).eval()
+  head = (torch.nn.Linear(model.config.hidden_size, out_dim).eval() if out_dim
+          else torch.nn.Identity())
   tb = []
   for b in batches:
     suffixes = [k.removeprefix("input_ids") for k in b if k.startswith("input_ids")]

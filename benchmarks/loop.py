@@ -102,28 +102,13 @@ def make_config(args):
 
 
 def torch_inference_seconds(ckpt: str, tokset, batch: int, buckets, dtype: str) -> float:
-  """HF PyTorch's time for the same pass: `BertModel` under `torch.inference_mode` (eval
-  mode, HF's default attention), the same padded batches (`data.eval_batches`), every
-  segment encoded, mean-pooled as the embedded checkpoint's sentence vector; bfloat16
-  through `torch.autocast` when `dtype` is bfloat16. The second of two passes is timed."""
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
+  """HF PyTorch's time for the same pass (`benchmarks/inference.py`'s `torch_pass` over the
+  same padded batches, `data.eval_batches`, without a head). The second of two passes is
+  timed."""
+  from benchmarks import inference  # pylint: disable=import-outside-toplevel
   from mtbert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  model = transformers.BertModel.from_pretrained(ckpt).eval()
-  batches = []
-  for b in data_lib.eval_batches(tokset, batch, buckets):
-    suffixes = [k.removeprefix("input_ids") for k in b if k.startswith("input_ids")]
-    batches.append({k: torch.from_numpy(np.concatenate([b[f"{k}{x}"] for x in suffixes]))
-                    .long() for k in ("input_ids", "attention_mask", "token_type_ids")})
-
-  def one_pass():
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,
-                                                enabled=dtype == "bfloat16"):
-      for b in batches:
-        hidden = model(**b).last_hidden_state
-        mask = b["attention_mask"][..., None].to(hidden.dtype)
-        (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
+  one_pass = inference.torch_pass(ckpt, list(data_lib.eval_batches(tokset, batch, buckets)),
+                                  0, dtype)
   one_pass()
   t0 = time.perf_counter()
   one_pass()
