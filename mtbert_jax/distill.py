@@ -95,7 +95,13 @@ def teacher_targets(s: Settings, workdir: str, task: str) -> tuple[list[str], np
   (the train file minus the validation split), from the cache in `workdir` when it holds
   this teacher's, else computed and cached."""
   teacher_dir = teacher_dir_of(s, task)
-  teacher = workdir_lib.load_settings(teacher_dir, fill_from=s)
+  if not workdir_lib.has_settings(teacher_dir):
+    raise ConfigError(f"--config.distill.teachers: the {task} teacher {teacher_dir} is not "
+                      f"the workdir of a training run (no {workdir_lib.CONFIG_FILE})")
+  # A teacher's config.json written before a field existed takes this run's value of it,
+  # except for the teachers: a teacher of its own has none.
+  teacher = workdir_lib.load_settings(teacher_dir,
+                                      fill_from=s.replace(distill={"teachers": ()}))
   check_teacher(s, teacher, task, teacher_dir)
   key = _cache_key(teacher_dir, teacher, task, _best_step(teacher_dir))
   path = os.path.join(workdir, CACHE_DIR, f"{task}.npz")

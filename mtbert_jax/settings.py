@@ -495,7 +495,9 @@ def _build(cls, d: dict[str, Any], prefix: str = "", fill: dict[str, Any] | None
   missing = [n for n in names if n not in d]
   if missing and fill is not None:
     d = {**d, **{n: fill[n] for n in missing}}
-    filled.extend(prefix + n for n in missing)
+    for n in missing:  # a whole missing group names each of its fields
+      filled.extend(prefix + n + (f".{k}" if isinstance(fill[n], dict) else "")
+                    for k in (flatten(fill[n]) if isinstance(fill[n], dict) else [""]))
     missing = []
   if missing:
     raise ConfigError(f"config lacks the field(s) {[prefix + n for n in missing]}: it was "

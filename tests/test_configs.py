@@ -1,6 +1,7 @@
 """Every shipped config validates (tasks, heads, buckets, data files) and the ablation rows
 change exactly what they say; a broken config should fail here, not an hour into a run."""
 
+import json
 import os
 
 import pytest
@@ -68,6 +69,19 @@ def test_a_config_of_another_version_names_its_missing_fields():
   del d["model"]["kernels"]
   with pytest.raises(settings_lib.ConfigError, match=r"lacks the field\(s\) \['model.kernels'\]"):
     settings_lib.from_dict(d)
+
+
+def test_an_older_workdir_takes_new_fields_and_groups_from_the_new_settings(tmp_path, caplog):
+  """A config.json written before a group (distill) or a field (train.sampling_scale, a
+  dict) existed is read with the new settings' values, and the warning names each field."""
+  from mtbert_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  new = settings_lib.from_dict(base.get_config().to_dict())
+  d = settings_lib.to_dict(new)
+  del d["distill"], d["train"]["sampling_scale"]
+  (tmp_path / "config.json").write_text(json.dumps(d), encoding="utf-8")
+  with caplog.at_level("WARNING"):
+    assert workdir_lib.load_settings(str(tmp_path), fill_from=new) == new
+  assert "distill.teachers=[]" in caplog.text and "train.sampling_scale.nli=1.0" in caplog.text
 
 
 def _flat(config, prefix=""):

@@ -154,6 +154,8 @@ def test_a_mismatched_teacher_is_refused(sst_teacher, tiny_ckpt_dir, tmp_path):
   with open(os.path.join(other_vocab, "vocab.txt"), "a", encoding="utf-8") as f:
     f.write("[NEWWORD]\n")
   refused["another vocabulary"] = _student(other_vocab, sst_teacher)
+  refused["is not the workdir of a training run"] = _student(
+      tiny_ckpt_dir, str(tmp_path / "nothing"))
   for message, s in refused.items():
     task = next(iter(s.distill.by_task))
     with pytest.raises(settings_lib.ConfigError, match=message.replace("[", r"\[")):
