@@ -43,6 +43,7 @@ from mtbert_jax import runtime
 from mtbert_jax import settings as settings_lib
 from mtbert_jax import tasks as tasks_lib
 from study import results as results_lib
+from study import runs as runs_lib
 
 SINGLE_GROUP = "single-task search"
 MULTI_GROUP = "multitask search"
@@ -118,32 +119,43 @@ def score_dev(workdir: str, row: str, seed: int, folder: str) -> dict:
   record_path = os.path.join(out, "run.json")
   with open(record_path, encoding="utf-8") as f:
     record = json.load(f)
+  metrics_path = os.path.join(out, "metrics.json")
   if not any(k.startswith("dev/") for k in record["metrics"]):
     cmd = [sys.executable, os.path.join(results_lib.REPO, "launch.py"), "--mode=eval",
            f"--config={os.path.join(results_lib.REPO, 'configs', 'protocol.py')}:{row}",
            f"--workdir={out}", f"--config.seed={seed}", "--config.eval.dev=true",
            "--config.train.progress=false", *[f"--config.{s}" for s in record["extra"]]]
-    with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
-      log.write(f"$ {' '.join(cmd)}\n")
-      log.flush()
-      proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=results_lib.REPO,
-                            check=False)
-    if proc.returncode != 0:
-      raise RuntimeError(f"dev evaluation of {row} seed {seed} failed (exit "
-                         f"{proc.returncode}); see {os.path.join(out, 'log.txt')}")
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+    # metrics.json with dev metrics: a scoring whose evaluation finished and whose record
+    # was not updated (stopped in between); its files are read, not made again.
+    if not _has_dev(metrics_path):
+      with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              cwd=results_lib.REPO, check=False)
+      if proc.returncode != 0:
+        raise RuntimeError(f"dev evaluation of {row} seed {seed} failed (exit "
+                           f"{proc.returncode}); see {os.path.join(out, 'log.txt')}")
+    with open(metrics_path, encoding="utf-8") as f:
       record["metrics"] = json.load(f)
     record["dev_command"] = " ".join(["python", "launch.py", "--mode=eval",
                                       f"--config=configs/protocol.py:{row}", *cmd[5:]])
     record["dev_scored"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
-    record["dev_machine"] = results_lib.machine(out)
+    record["dev_machine"] = runs_lib.machine(out)
     tmp = record_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2)
     os.replace(tmp, record_path)
   file_predictions(out, row, seed, folder)
   return record
+
+
+def _has_dev(metrics_path: str) -> bool:
+  if not os.path.isfile(metrics_path):
+    return False
+  with open(metrics_path, encoding="utf-8") as f:
+    return any(k.startswith("dev/") for k in json.load(f))
 
 
 def file_predictions(run: str, row: str, seed: int, folder: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -141,3 +142,36 @@ def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
   monkeypatch.setattr(verdict, "gold", lambda task, s: (labels[task], "another digest"))
   with pytest.raises(ValueError, match="not of the dev rows read now"):
     verdict.verdict(table, folder, samples=100)
+
+
+def test_score_dev_records_dev_metrics_and_resumes_a_finished_evaluation(tmp_path, monkeypatch):
+  """score_dev runs `--mode=eval` once, puts its dev metrics, command and machine into
+  run.json (the validation metrics kept) and files the dev predictions; a scoring stopped
+  after its evaluation finished is completed from the files without evaluating again."""
+  out = _run(tmp_path, "sts/base", 0, {"valid/sts_pearson": 0.86, "step": 567})
+  calls = []
+
+  def fake_eval(cmd, **kwargs):
+    calls.append(cmd)
+    os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
+    np.savez(os.path.join(out, "predictions", "dev-outputs.npz"),
+             **{"sts/outputs": np.array([1.0, 2.5]), "sts/ids": np.array(["a", "b"])})
+    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+      json.dump({"valid/sts_pearson": 0.86, "dev/sts_pearson": 0.85, "step": 567}, f)
+    return types.SimpleNamespace(returncode=0)
+
+  monkeypatch.setattr(verdict.subprocess, "run", fake_eval)
+  folder = str(tmp_path / "predictions")
+  record = verdict.score_dev(str(tmp_path), "sts/base", 0, folder)
+  assert len(calls) == 1 and "--config.eval.dev=true" in calls[0]
+  assert record["metrics"]["dev/sts_pearson"] == 0.85
+  assert record["metrics"]["valid/sts_pearson"] == 0.86
+  assert record["dev_machine"] and record["dev_command"].startswith("python launch.py")
+  with np.load(verdict.prediction_file(folder, "sts/base", 0)) as filed:
+    np.testing.assert_array_equal(filed["sts/pred"], [1.0, 2.5])
+  with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+    assert json.load(f)["metrics"]["dev/sts_pearson"] == 0.85
+  # A scoring stopped after the evaluation: run.json without dev metrics, metrics.json with.
+  _run(tmp_path, "sts/base", 0, {"valid/sts_pearson": 0.86, "step": 567})
+  record = verdict.score_dev(str(tmp_path), "sts/base", 0, folder)
+  assert len(calls) == 1 and record["metrics"]["dev/sts_pearson"] == 0.85
