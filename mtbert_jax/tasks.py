@@ -185,17 +185,23 @@ def _class_of_logits(logits):
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
+# What the sentence classification rows (SST-5, CFIMDB) share: one segment, cross entropy
+# (to the labels and to a teacher's probabilities), the symmetric KL, argmax, accuracy.
+_SENTENCE_CLASSES = dict(
+    tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
+        rows, tok, max_length),
+    segments=lambda heads: ("",), loss=_class_loss, teacher_target=_np_softmax,
+    soft_loss=_soft_class_loss, divergence=functools.partial(losses.symmetric_kl, reduce=False),
+    predict=_class_of_logits, score=accuracy)
+
+
 TABLE: dict[str, Task] = {
     "sst": Task(
         name="sst", files={"train": "sst_train", "dev": "sst_dev", "test": "sst_test"},
         read=lambda path, d: sources.read_sentiment(path, on_invalid=d.on_invalid,
                                                     tfds_dir=d.tfds_dir),
-        tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
-            rows, tok, max_length),
-        segments=lambda heads: ("",), output=heads_lib.MultitaskModel.sst_output,
-        loss=_class_loss, teacher_target=_np_softmax, soft_loss=_soft_class_loss,
-        divergence=functools.partial(losses.symmetric_kl, reduce=False),
-        predict=_class_of_logits, metric="sst_acc", metric_label="SST acc", score=accuracy,
+        output=heads_lib.MultitaskModel.sst_output, **_SENTENCE_CLASSES,
+        metric="sst_acc", metric_label="SST acc",
         prediction_file="sst", prediction_header="Predicted_Sentiment", unit="sentences",
         description="SST-5 sentiment (5 classes)", export_folder="sentiment",
         extra_train_sources=_sentiment_extras, headline=True),
@@ -245,13 +251,8 @@ TABLE: dict[str, Task] = {
         read=lambda path, d: sources.read_sentiment(path, num_classes=2,
                                                     on_invalid=d.on_invalid,
                                                     tfds_dir=d.tfds_dir),
-        tokenize=lambda rows, tok, max_length, heads: data_lib.tokenize_sentences(
-            rows, tok, max_length),
-        segments=lambda heads: ("",), output=heads_lib.MultitaskModel.cfimdb_output,
-        loss=_class_loss, teacher_target=_np_softmax, soft_loss=_soft_class_loss,
-        divergence=functools.partial(losses.symmetric_kl, reduce=False),
-        predict=_class_of_logits, metric="cfimdb_acc", metric_label="CFIMDB acc",
-        score=accuracy, prediction_file="cfimdb", prediction_header="Predicted_Sentiment",
+        output=heads_lib.MultitaskModel.cfimdb_output, **_SENTENCE_CLASSES,
+        metric="cfimdb_acc", metric_label="CFIMDB acc", prediction_file="cfimdb", prediction_header="Predicted_Sentiment",
         unit="reviews", description="CFIMDB movie-review sentiment (2 classes)"),
 }
 
