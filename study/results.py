@@ -169,10 +169,15 @@ def markdown(results: dict, notes: str = NOTES, figures: dict | None = None) -> 
   return "\n".join(lines)
 
 
+# study/verdict.py's key, in "selection" and "verdict", of the row with teachers.
+WITH_TEACHERS = "multitask with teachers"
+
+
 def verdict_lines(results: dict) -> list[str]:
   """The verdict table (study/verdict.py's "verdict" record): per task, the multitask row
   against the chosen single-task row on dev, the difference with its 95% interval and
-  Welch's test; a difference is called only where the interval excludes 0."""
+  Welch's test; a difference is called only where the interval excludes 0. Then the same
+  table for the chosen row with teachers, when there is one, labelled with its cost."""
   v = results.get("verdict")
   if not v or not v.get("tasks"):
     return []
@@ -181,11 +186,24 @@ def verdict_lines(results: dict) -> list[str]:
            f"Dev sets, scored once for these rows only; rows chosen on the validation split "
            f"(below). Interval: {v['confidence']:.0%} percentile bootstrap over dev examples "
            f"(paired) and seeds, {v['bootstrap_samples']:,} replicates "
-           f"(`mtbert_jax/compare.py`). {v['machine']}, {v['date']}.", "",
-           "| task | single-task row | single-task, mean ± sd | multitask, mean ± sd | "
+           f"(`mtbert_jax/compare.py`). {v['machine']}, {v['date']}.", ""]
+  lines += _verdict_table(v["tasks"])
+  teachers = v.get(WITH_TEACHERS)
+  if teachers and teachers["tasks"]:
+    lines += [f"### Beyond the budget: `{teachers['row']}`, distilled from single-task "
+              "teachers", "",
+              "Its teachers are the single-task rows' runs of the same seed, so it costs the "
+              "budget twice (the teachers' steps, then its own); it is not among the "
+              "equal-budget rows above. Same interval and test.", ""]
+    lines += _verdict_table(teachers["tasks"])
+  return lines
+
+
+def _verdict_table(tasks: dict) -> list[str]:
+  lines = ["| task | single-task row | single-task, mean ± sd | multitask, mean ± sd | "
            "difference [95% interval] | Welch p | seeds | verdict |",
            "|---|---|---|---|---|---|---|---|"]
-  for task, t in v["tasks"].items():
+  for task, t in tasks.items():
     single, multi = np.asarray(t["single_task"]), np.asarray(t["multitask"])
     sd = lambda x: f" ± {np.std(x, ddof=1):.3f}" if len(x) > 1 else ""  # noqa: E731
     p = "-" if t["welch_p"] != t["welch_p"] else f"{t['welch_p']:.3f}"
@@ -266,6 +284,7 @@ def collect(workdir: str, previous: dict, source: str = "the previous results") 
           with open(record, encoding="utf-8") as f:
             run = json.load(f)
           runs[(run["row"], run["seed"])] = run
+  _one_machine(runs, workdir, source)
   rows: dict[str, list[dict]] = {}
   for key in sorted(runs):
     rows.setdefault(key[0], []).append(runs[key])
@@ -279,6 +298,25 @@ def collect(workdir: str, previous: dict, source: str = "the previous results") 
                             finished=[r["finished"] for r in row_runs],
                             machine=row_runs[0]["machine"], runs=row_runs)
   return out
+
+
+def _one_machine(runs: dict[tuple[str, int], dict], workdir: str, source: str) -> None:
+  """Raises unless the runs all computed on one kind of hardware (`runs.compute_of`):
+  bfloat16 results differ between CPU models, so one file's tables, selection and verdict
+  compare the runs of one machine; another machine's runs take their own --out. Records
+  that do not name their CPU (the first protocol's oldest) are not counted."""
+  where: dict[str, list[str]] = {}
+  for (row, seed), run in sorted(runs.items()):
+    compute = runs_lib.compute_of(run.get("machine", ""))
+    if compute:
+      where.setdefault(compute, []).append(f"{row} seed {seed}")
+  if len(where) > 1:
+    names = "; ".join(f"{c!r}: {', '.join(r[:3])}{' ...' if len(r) > 3 else ''} "
+                      f"({len(r)} runs)" for c, r in where.items())
+    raise ValueError(f"{source} and the runs under {workdir} computed on more than one "
+                     f"machine ({names}); bfloat16 results differ between CPU models, so "
+                     "one results file compares the runs of one: give the other machine's "
+                     "runs their own --out (e.g. docs/results_<machine>)")
 
 
 def figure_name(out: str, group: str) -> str:

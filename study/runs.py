@@ -72,3 +72,13 @@ def machine(run: str) -> str:
       text += (f"; {dev['count']} x {dev['kind']} ({dev['backend']}, {hosts} "
                f"host{'s' if hosts != 1 else ''})")
   return text
+
+
+def compute_of(machine: str) -> str | None:
+  """What computed a run, from its record's `machine` (`machine` above): the accelerator
+  where it names one, else the CPU model; None for a record that names no CPU model (the
+  first protocol's oldest, "x86_64, 2 cores")."""
+  if "; " in machine:
+    return machine.split("; ", 1)[1]
+  parts = machine.split(", ")
+  return parts[0] if len(parts) >= 3 else None

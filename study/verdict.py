@@ -9,7 +9,8 @@
    best mean validation metric of that task, and the multitask row with the best mean
    validation average, each mean over the seeds that all compared rows have; rows of
    the "multitask candidates" group then meet the multitask choice in a second stage, on
-   the seeds they share. Only the validation split (carved from train,
+   the seeds they share; rows of the "multitask with teachers" group (beyond the budget)
+   are chosen among themselves only. Only the validation split (carved from train,
    `data.valid_fraction`) is read; the choice, the rows compared and their values are
    recorded under "selection".
 2. Final rows (`--final`): each chosen row trains its missing seeds (the search's runs are
@@ -21,6 +22,8 @@
    task, the multitask row minus the chosen single-task row on dev, with the 95% interval
    of `mtbert_jax.compare` (bootstrap over dev examples, paired, and over seeds) and
    Welch's t-test over the seeds; "better"/"worse" only where the interval excludes 0.
+   A chosen row with teachers gets the same table, apart (its teachers are the
+   single-task rows' budget again).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ CANDIDATE_GROUP = "multitask candidates"
 # Rows that cost more than the budget (distillation: its teachers are the single-task
 # rows' budget again): their own table, never among the rows the selection compares.
 BEYOND_BUDGET_GROUP = "multitask with teachers (beyond the budget)"
+WITH_TEACHERS = results_lib.WITH_TEACHERS  # the selection's and the verdict's key for them
 _KIND = {"sst": "accuracy", "para": "accuracy", "sts": "pearson"}  # compare's metric
 
 
@@ -94,6 +98,10 @@ def select(results: dict) -> dict:
                                search=search)
   else:
     choice["multitask"] = search
+  beyond = [r for r in groups.get(BEYOND_BUDGET_GROUP, []) if r in rows]
+  if beyond:
+    # Chosen among themselves only: their cost is not the budget's.
+    choice[WITH_TEACHERS] = best(beyond, "valid/average", "the rows with teachers")
   choice["date"] = datetime.date.today().isoformat()
   return choice
 
@@ -203,13 +211,26 @@ def _load_predictions(folder: str, row: str, seeds: list[int], task: str,
 
 def verdict(results: dict, folder: str, samples: int = compare_lib.BOOTSTRAP_SAMPLES) -> dict:
   """Per task: the multitask row against the chosen single-task row on dev, each over its
-  seeds with dev predictions filed in `folder`."""
+  seeds with dev predictions filed in `folder`; and, when the selection chose a row with
+  teachers (beyond the budget), the same table for it under WITH_TEACHERS."""
   chosen = results["selection"]
   multi = chosen["multitask"]["chosen"]
+  out = {"multitask": multi, "tasks": _against_single(results, folder, multi, samples),
+         "bootstrap_samples": samples, "confidence": compare_lib.CONFIDENCE,
+         "date": datetime.date.today().isoformat(), "machine": runtime.cpu_model()}
+  if WITH_TEACHERS in chosen:
+    row = chosen[WITH_TEACHERS]["chosen"]
+    out[WITH_TEACHERS] = {"row": row,
+                          "tasks": _against_single(results, folder, row, samples)}
+  return out
+
+
+def _against_single(results: dict, folder: str, multi: str, samples: int) -> dict:
+  """{task: multitask row `multi` minus the chosen single-task row on dev} for the tasks
+  where both have filed dev predictions."""
+  chosen = results["selection"]
   s = _settings(multi)
-  out = {"multitask": multi, "tasks": {}, "bootstrap_samples": samples,
-         "confidence": compare_lib.CONFIDENCE, "date": datetime.date.today().isoformat(),
-         "machine": runtime.cpu_model()}
+  tasks = {}
   multi_seeds = _dev_seeds(results, multi)
   for task in protocol.SINGLE_TASK_STEPS:
     single = chosen[task]["chosen"]
@@ -221,13 +242,13 @@ def verdict(results: dict, folder: str, samples: int = compare_lib.BOOTSTRAP_SAM
                             _load_predictions(folder, single, single_seeds, task, digest),
                             labels,
                             _KIND[task], samples=samples)
-    out["tasks"][task] = {"single": single, "metric": metric_key(task, "dev"),
-                          "seeds_multitask": multi_seeds, "seeds_single": single_seeds,
-                          "multitask": list(c.seeds_a), "single_task": list(c.seeds_b),
-                          "difference": c.difference, "low": c.low, "high": c.high,
-                          "welch_t": c.welch_t, "welch_p": c.welch_p, "verdict": c.verdict,
-                          "examples": c.examples}
-  return out
+    tasks[task] = {"single": single, "metric": metric_key(task, "dev"),
+                   "seeds_multitask": multi_seeds, "seeds_single": single_seeds,
+                   "multitask": list(c.seeds_a), "single_task": list(c.seeds_b),
+                   "difference": c.difference, "low": c.low, "high": c.high,
+                   "welch_t": c.welch_t, "welch_p": c.welch_p, "verdict": c.verdict,
+                   "examples": c.examples}
+  return tasks
 
 
 def _dev_seeds(results: dict, row: str) -> list[int]:
@@ -250,7 +271,8 @@ def main(argv):
     if not chosen:
       raise app.UsageError("no selection recorded: run --select first")
     rows = [chosen[t]["chosen"] for t in protocol.SINGLE_TASK_STEPS] + [
-        chosen["multitask"]["chosen"]]
+        chosen["multitask"]["chosen"]] + (
+            [chosen[WITH_TEACHERS]["chosen"]] if WITH_TEACHERS in chosen else [])
     for seed in map(int, _SEEDS.value):
       for row in rows:
         results_lib.run_one(workdir, row, seed, [])

@@ -13,7 +13,7 @@ from study import results
 from study import runs
 
 
-def _record(workdir, row, seed, sst, para, sts, split="dev"):
+def _record(workdir, row, seed, sst, para, sts, split="dev", machine="x86_64, 2 cores"):
   out = results.run_dir(str(workdir), row, seed)
   os.makedirs(out)
   metrics = {f"{split}/sst_acc": sst, f"{split}/para_acc": para, f"{split}/sts_pearson": sts,
@@ -21,7 +21,7 @@ def _record(workdir, row, seed, sst, para, sts, split="dev"):
   with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
     json.dump({"row": row, "seed": seed, "metrics": metrics, "seconds": 60.0 * (seed + 1),
                "command": f"python launch.py --config=configs/protocol.py:{row}",
-               "finished": "2026-12-02T00:00:00+00:00", "machine": "x86_64, 2 cores"}, f)
+               "finished": "2026-12-02T00:00:00+00:00", "machine": machine}, f)
 
 
 def _baselines(sst, para, sts):
@@ -87,6 +87,27 @@ def test_runs_recorded_before_stay_when_a_new_workdir_adds_runs(tmp_path):
   del first["rows"]["quick"]["runs"]
   with pytest.raises(ValueError, match="docs/results.json: row 'quick' has no per-run"):
     results.collect(str(tmp_path / "new"), first, "docs/results.json")
+
+
+def test_one_results_file_holds_the_runs_of_one_machine(tmp_path):
+  """bf16 results differ between CPU models: a workdir of another CPU's runs is refused for
+  a file of one CPU's (named, with the remedy); records that name no CPU do not count."""
+  amd, xeon = "AMD EPYC, x86_64, 2 cores", "Intel(R) Xeon(R) Processor, x86_64, 2 cores"
+  _record(tmp_path / "old", "full", 0, 0.40, 0.80, 0.85, machine=amd)
+  _record(tmp_path / "old", "quick", 0, 0.30, 0.70, 0.80)          # names no CPU
+  first = results.collect(str(tmp_path / "old"), {})
+  _record(tmp_path / "new", "full", 1, 0.44, 0.82, 0.86, machine=amd)
+  assert results.collect(str(tmp_path / "new"), first)["rows"]["full"]["seeds"] == [0, 1]
+  _record(tmp_path / "xeon", "full", 1, 0.44, 0.82, 0.86, machine=xeon)
+  with pytest.raises(ValueError, match=r"docs/results.json and the runs under .*xeon "
+                     r"computed on more than one machine \('AMD EPYC': full seed 0 .*"
+                     r"'Intel\(R\) Xeon\(R\) Processor': full seed 1 .*own --out"):
+    results.collect(str(tmp_path / "xeon"), first, "docs/results.json")
+  # A GPU run is told apart by its device, not by its host's CPU.
+  gpu = results.collect(str(tmp_path / "gpu"), {})
+  _record(tmp_path / "gpu", "full", 0, 0.4, 0.8, 0.85, machine=xeon + "; 1 x H100 (gpu, 1 host)")
+  _record(tmp_path / "gpu", "full", 1, 0.4, 0.8, 0.85, machine=amd + "; 1 x H100 (gpu, 1 host)")
+  assert results.collect(str(tmp_path / "gpu"), gpu)["rows"]["full"]["seeds"] == [0, 1]
 
 
 def test_invocations_side_by_side_into_one_out_add_to_each_others_tables(tmp_path):

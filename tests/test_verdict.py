@@ -78,7 +78,15 @@ def test_candidates_meet_the_search_choice_on_their_shared_seeds(tmp_path):
   groups = _search(tmp_path)["groups"]
   groups[verdict.CANDIDATE_GROUP] = ["win_a", "win_b"]
   groups[verdict.BEYOND_BUDGET_GROUP] = ["win_distill"]
-  chosen = verdict.select(results.collect(str(tmp_path), {"groups": groups}))["multitask"]
+  _run(tmp_path, "win_distill_annealed", 0, {"valid/average": 0.98})
+  groups[verdict.BEYOND_BUDGET_GROUP].append("win_distill_annealed")
+  selection = verdict.select(results.collect(str(tmp_path), {"groups": groups}))
+  # The rows with teachers (0.99, 0.98 on seed 0) are chosen among themselves, never
+  # against the equal-budget rows.
+  teachers = selection[verdict.WITH_TEACHERS]
+  assert teachers["chosen"] == "win_distill" and set(teachers["compared"]) == {
+      "win_distill", "win_distill_annealed"}
+  chosen = selection["multitask"]
   assert chosen["search"]["chosen"] == "both_t07" and chosen["search"]["seeds"] == [0]
   assert chosen["seeds"] == [0, 1, 2] and chosen["chosen"] == "win_b"
   assert chosen["compared"] == pytest.approx({"both_t07": 0.73, "win_a": 0.7166667,
@@ -111,7 +119,8 @@ def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
   work = tmp_path / "runs"
   rows = {"multi": ("both_t07", {"sst": 0.6, "para": 0.8, "sts": 0.8}),
           "sst": ("sst/lr2e-4", {"sst": 0.45}), "para": ("para/base", {"para": 0.8}),
-          "sts": ("sts/base", {"sts": 0.5})}
+          "sts": ("sts/base", {"sts": 0.5}),
+          "teachers": ("win_distill", {"sst": 0.45, "para": 0.8, "sts": 0.5})}
   for row, quality in rows.values():
     for seed in range(3):
       out = _run(work, row, seed, {"dev/x": 0.0})
@@ -126,7 +135,8 @@ def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
   table["selection"] = {
       name: {"chosen": row, "metric": "valid/x", "compared": {row: 0.5}}
       for name, row in (("multitask", "both_t07"), ("sst", "sst/lr2e-4"),
-                        ("para", "para/base"), ("sts", "sts/base"))}
+                        ("para", "para/base"), ("sts", "sts/base"),
+                        (verdict.WITH_TEACHERS, "win_distill"))}
   v = verdict.verdict(table, folder, samples=500)
   # SST: 0.60 against 0.45 planted (better); Quora: the same quality (within noise); STS:
   # noise sd 0.2 against 0.5 (better).
@@ -138,6 +148,14 @@ def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
   text = results.markdown(table, "")
   assert text.split("\n## ")[1].startswith("Verdict")      # the opening table
   assert "| sst (dev/sst_acc) | `sst/lr2e-4` |" in text and "| better |" in text
+  # The row with teachers, planted at the single-task rows' quality: its own table, apart
+  # from the equal-budget one and labelled with its cost.
+  teachers = v[verdict.WITH_TEACHERS]
+  assert teachers["row"] == "win_distill"
+  assert {t: teachers["tasks"][t]["verdict"] for t in ("sst", "para", "sts")} == {
+      "sst": "within noise", "para": "within noise", "sts": "within noise"}
+  beyond = text.split("### Beyond the budget: `win_distill`")[1]
+  assert "costs the budget twice" in beyond and "| sts (dev/sts_pearson) | `sts/base` |" in beyond
   # Predictions of other dev rows than the ones read now are refused.
   monkeypatch.setattr(verdict, "gold", lambda task, s: (labels[task], "another digest"))
   with pytest.raises(ValueError, match="not of the dev rows read now"):
