@@ -196,11 +196,19 @@ def verdict_lines(results: dict) -> list[str]:
               "budget twice (the teachers' steps, then its own); it is not among the "
               "equal-budget rows above. Same interval and test.", ""]
     lines += _verdict_table(teachers["tasks"])
+    if teachers.get("against_multitask"):
+      lines += [f"What the teachers added: `{teachers['row']}` against `{v['multitask']}` "
+                "(the same row without them), dev, same interval and test.", ""]
+      lines += _verdict_table(teachers["against_multitask"], "without teachers",
+                              "with teachers")
   return lines
 
 
-def _verdict_table(tasks: dict) -> list[str]:
-  lines = ["| task | single-task row | single-task, mean ± sd | multitask, mean ± sd | "
+def _verdict_table(tasks: dict, reference: str = "single-task",
+                   row: str = "multitask") -> list[str]:
+  """A verdict record's rows ("single": the reference row, "multitask": the row set
+  against it) as a table whose columns name them `reference` and `row`."""
+  lines = [f"| task | {reference} row | {reference}, mean ± sd | {row}, mean ± sd | "
            "difference [95% interval] | Welch p | seeds | verdict |",
            "|---|---|---|---|---|---|---|---|"]
   for task, t in tasks.items():

@@ -211,39 +211,44 @@ def _load_predictions(folder: str, row: str, seeds: list[int], task: str,
 
 def verdict(results: dict, folder: str, samples: int = compare_lib.BOOTSTRAP_SAMPLES) -> dict:
   """Per task: the multitask row against the chosen single-task row on dev, each over its
-  seeds with dev predictions filed in `folder`; and, when the selection chose a row with
-  teachers (beyond the budget), the same table for it under WITH_TEACHERS."""
+  seeds with dev predictions filed in `folder`. When the selection chose a row with
+  teachers (beyond the budget), under WITH_TEACHERS: the same table for it, and the row
+  against the multitask row (what the teachers added; both rows are reported ones, so
+  this reads no dev score that the verdict does not)."""
   chosen = results["selection"]
   multi = chosen["multitask"]["chosen"]
-  out = {"multitask": multi, "tasks": _against_single(results, folder, multi, samples),
+  single = {task: chosen[task]["chosen"] for task in protocol.SINGLE_TASK_STEPS}
+  out = {"multitask": multi, "tasks": _against(results, folder, multi, single, samples),
          "bootstrap_samples": samples, "confidence": compare_lib.CONFIDENCE,
          "date": datetime.date.today().isoformat(), "machine": runtime.cpu_model()}
   if WITH_TEACHERS in chosen:
     row = chosen[WITH_TEACHERS]["chosen"]
-    out[WITH_TEACHERS] = {"row": row,
-                          "tasks": _against_single(results, folder, row, samples)}
+    out[WITH_TEACHERS] = {
+        "row": row, "tasks": _against(results, folder, row, single, samples),
+        "against_multitask": _against(results, folder, row, dict.fromkeys(single, multi),
+                                      samples)}
   return out
 
 
-def _against_single(results: dict, folder: str, multi: str, samples: int) -> dict:
-  """{task: multitask row `multi` minus the chosen single-task row on dev} for the tasks
-  where both have filed dev predictions."""
-  chosen = results["selection"]
-  s = _settings(multi)
+def _against(results: dict, folder: str, row: str, reference: dict[str, str],
+             samples: int) -> dict:
+  """{task: `row` minus `reference[task]` on dev} for the tasks where both rows have filed
+  dev predictions; in each record "multitask" is `row`'s per-seed values and "single" the
+  reference row ("single_task" its values), the names of the verdict's own comparison."""
+  s = _settings(row)
   tasks = {}
-  multi_seeds = _dev_seeds(results, multi)
-  for task in protocol.SINGLE_TASK_STEPS:
-    single = chosen[task]["chosen"]
-    single_seeds = _dev_seeds(results, single)
-    if not multi_seeds or not single_seeds:
+  row_seeds = _dev_seeds(results, row)
+  for task, other in reference.items():
+    other_seeds = _dev_seeds(results, other)
+    if not row_seeds or not other_seeds:
       continue
     labels, digest = gold(task, s)
-    c = compare_lib.compare(_load_predictions(folder, multi, multi_seeds, task, digest),
-                            _load_predictions(folder, single, single_seeds, task, digest),
+    c = compare_lib.compare(_load_predictions(folder, row, row_seeds, task, digest),
+                            _load_predictions(folder, other, other_seeds, task, digest),
                             labels,
                             _KIND[task], samples=samples)
-    tasks[task] = {"single": single, "metric": metric_key(task, "dev"),
-                   "seeds_multitask": multi_seeds, "seeds_single": single_seeds,
+    tasks[task] = {"single": other, "metric": metric_key(task, "dev"),
+                   "seeds_multitask": row_seeds, "seeds_single": other_seeds,
                    "multitask": list(c.seeds_a), "single_task": list(c.seeds_b),
                    "difference": c.difference, "low": c.low, "high": c.high,
                    "welch_t": c.welch_t, "welch_p": c.welch_p, "verdict": c.verdict,

@@ -156,6 +156,12 @@ def test_the_verdict_compares_filed_dev_predictions(tmp_path, monkeypatch):
       "sst": "within noise", "para": "within noise", "sts": "within noise"}
   beyond = text.split("### Beyond the budget: `win_distill`")[1]
   assert "costs the budget twice" in beyond and "| sts (dev/sts_pearson) | `sts/base` |" in beyond
+  # And against the multitask row (SST 0.45 against 0.6 planted: worse; Quora level).
+  added = teachers["against_multitask"]
+  assert added["sst"]["single"] == "both_t07" and added["sst"]["verdict"] == "worse"
+  assert added["para"]["verdict"] == "within noise"
+  assert "| without teachers row | without teachers, mean ± sd | with teachers" in beyond
+  assert "| sst (dev/sst_acc) | `both_t07` |" in beyond
   # Predictions of other dev rows than the ones read now are refused.
   monkeypatch.setattr(verdict, "gold", lambda task, s: (labels[task], "another digest"))
   with pytest.raises(ValueError, match="not of the dev rows read now"):
