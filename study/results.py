@@ -137,6 +137,7 @@ def markdown(results: dict, notes: str = NOTES, figures: dict | None = None) -> 
     with open(notes, encoding="utf-8") as f:
       lines += [f.read().strip(), ""]
   lines += selection_lines(results)
+  lines += contrast_lines(results)
   base = results.get("baselines")
   if base:
     lines += ["## External anchor, untuned: HF PyTorch single-task fine-tunes (float32)", "",
@@ -246,6 +247,30 @@ def selection_lines(results: dict) -> list[str]:
   return lines + [""]
 
 
+def contrast_lines(results: dict) -> list[str]:
+  """study/verdict.py's "contrasts": each row against its reference on the validation
+  split, per task, with its interval (over examples, and seeds where there are several)."""
+  contrasts = results.get("contrasts")
+  if not contrasts:
+    return []
+  lines = ["## Candidates against their reference row on the validation split", "",
+           "Each row minus the reference on the seeds both have (`python -m study.verdict "
+           "--contrast=ROW`); 95% percentile bootstrap over validation examples (paired) "
+           "and seeds. With one seed the interval counts the examples' noise alone, not the "
+           "seeds', so it is too narrow for a claim; no dev score is read.", "",
+           "| row | reference | task | row, per seed | reference, per seed | "
+           "difference [95% interval] | seeds | verdict |", "|---|---|---|---|---|---|---|---|"]
+  for row, c in contrasts.items():
+    for task, t in c["tasks"].items():
+      values = lambda x: ", ".join(f"{v:.3f}" for v in x)  # noqa: E731
+      lines.append(f"| `{row}` | `{c['reference']}` | {task} ({t['metric']}) | "
+                   f"{values(t['row'])} | {values(t['reference'])} | "
+                   f"{t['difference']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}] | "
+                   f"{', '.join(map(str, c['seeds']))} | "
+                   f"{t['verdict'] if len(c['seeds']) > 1 else 'one seed: no claim'} |")
+  return lines + [""]
+
+
 def _task_correlations(table: dict, rows: list[str], split: str) -> list[str]:
   """The paper's Table 3 at the protocol budget: Pearson correlation of the tasks'
   metrics across the ablation rows (each row's mean over its seeds, one point a row)."""
@@ -297,7 +322,7 @@ def collect(workdir: str, previous: dict, source: str = "the previous results") 
   for key in sorted(runs):
     rows.setdefault(key[0], []).append(runs[key])
   out = {"protocol": "configs/protocol.py", "rows": {}, "groups": previous.get("groups", {})}
-  for key in ("selection", "verdict"):  # study/verdict.py's records
+  for key in ("selection", "verdict", "contrasts"):  # study/verdict.py's records
     if key in previous:
       out[key] = previous[key]
   for row, row_runs in rows.items():

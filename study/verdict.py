@@ -3,6 +3,7 @@
   python -m study.verdict --select                       # choose the rows on the validation split
   python -m study.verdict --final --seeds=0,1,2,3,4      # the chosen rows' seeds, dev once, verdict
   python -m study.verdict                                # recompute the verdict from the records
+  python -m study.verdict --contrast=win_annealed        # a candidate against the winner, valid
 
 1. Selection (`--select`): among the runs of the search groups in docs/results.json, for
    each task the single-task row (`<task>/<variant>` of `configs/protocol.py`) with the
@@ -40,6 +41,7 @@ from absl import app, flags
 
 from configs import protocol
 from mtbert_jax import compare as compare_lib
+from mtbert_jax import data as data_lib
 from mtbert_jax import evaluate
 from mtbert_jax import experiment
 from mtbert_jax import runtime
@@ -256,6 +258,71 @@ def _against(results: dict, folder: str, row: str, reference: dict[str, str],
   return tasks
 
 
+def valid_gold(task: str, s: settings_lib.Settings) -> dict[str, float]:
+  """{row id: label} of `task`'s validation split as the runs carved it (the task table's
+  reader on its train file, `data.valid_fraction`)."""
+  path = experiment.data_path(s, settings_lib.train_file_field(task))
+  rows = tasks_lib.get(task).read(path, s.data)
+  held = data_lib.in_validation_split(rows.ids, s.data.valid_fraction)
+  return {i: float(y) for i, y, h in zip(rows.ids, rows.labels, held) if h}
+
+
+def contrast(results: dict, workdir: str, row: str, reference: str,
+             samples: int = compare_lib.BOOTSTRAP_SAMPLES) -> dict:
+  """`row` minus `reference` on the validation split, per task they both evaluate, over
+  the seeds both have finished under `workdir` (each run's predictions/valid-outputs.npz):
+  what a candidate did to each task, with the interval of `mtbert_jax.compare`. Reads no
+  dev score. With one seed the interval covers the examples alone, not the seed noise."""
+  seeds = sorted(set(_seeds(results, row)) & set(_seeds(results, reference)))
+  if not seeds:
+    raise ValueError(f"{row} and {reference} share no finished seed: "
+                     f"{_seeds(results, row)} against {_seeds(results, reference)}")
+  s = _settings(row)
+  out = {"reference": reference, "seeds": seeds, "split": "valid", "tasks": {},
+         "bootstrap_samples": samples, "date": datetime.date.today().isoformat()}
+  for task in tasks_lib.EVAL_TASKS:
+    key = metric_key(task, "valid")
+    if not all(key in r["metrics"] for name in (row, reference)
+               for r in results["rows"][name]["runs"] if r["seed"] in seeds):
+      continue
+    gold_of = valid_gold(task, s)
+    preds = {name: [_valid_predictions(workdir, name, seed, task, gold_of) for seed in seeds]
+             for name in (row, reference)}
+    ids = preds[row][0][0]
+    labels = np.asarray([gold_of[i] for i in ids])
+    c = compare_lib.compare([p for _, p in preds[row]], [p for _, p in preds[reference]],
+                            labels, _KIND[task], samples=samples)
+    out["tasks"][task] = {"metric": key, "row": list(c.seeds_a), "reference": list(c.seeds_b),
+                          "difference": c.difference, "low": c.low, "high": c.high,
+                          "verdict": c.verdict, "examples": c.examples}
+  return out
+
+
+def _valid_predictions(workdir: str, row: str, seed: int, task: str,
+                       gold_of: dict[str, float]) -> tuple[list[str], np.ndarray]:
+  """(ids, predictions) of a finished run on the validation split, ordered by id; an error
+  when its ids are not the split's."""
+  path = os.path.join(results_lib.run_dir(workdir, row, seed), "predictions",
+                      "valid-outputs.npz")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no validation outputs of {row} seed {seed} (a run "
+                            "of configs/protocol.py writes them after its last step)")
+  with np.load(path) as f:
+    ids = [str(i) for i in f[f"{task}/ids"]]
+    pred = evaluate.to_predictions(task, f[f"{task}/outputs"])
+  if sorted(ids) != sorted(gold_of):
+    raise ValueError(f"{path}: its {task} ids are not the validation split read now "
+                     f"({len(ids)} rows against {len(gold_of)})")
+  order = np.argsort(ids)
+  return [ids[i] for i in order], np.asarray(pred)[order]
+
+
+def _seeds(results: dict, row: str) -> list[int]:
+  if row not in results["rows"]:
+    raise ValueError(f"no finished run of {row!r} in the results")
+  return sorted(r["seed"] for r in results["rows"][row]["runs"])
+
+
 def _dev_seeds(results: dict, row: str) -> list[int]:
   runs = results["rows"].get(row, {}).get("runs", [])
   return sorted(r["seed"] for r in runs if any(k.startswith("dev/") for k in r["metrics"]))
@@ -266,7 +333,7 @@ def main(argv):
   out, workdir = _OUT.value, _WORKDIR.value
   with open(out + ".json", encoding="utf-8") as f:
     results = json.load(f)
-  extra = {k: results[k] for k in ("selection", "verdict") if k in results}
+  extra = {k: results[k] for k in ("selection", "verdict", "contrasts") if k in results}
   baselines = results.get("baselines")
   if _SELECT.value:
     extra["selection"] = select(results)
@@ -286,6 +353,9 @@ def main(argv):
             f"{k}={v:.4f}" for k, v in sorted(record["metrics"].items()) if "/" in k),
             flush=True)
         results, _ = results_lib.update(out, workdir, {}, _NOTES.value, baselines, extra=extra)
+  for row in _CONTRAST.value:
+    extra.setdefault("contrasts", {})[row] = contrast(results, workdir, row,
+                                                      _REFERENCE.value)
   if extra.get("selection"):
     extra["verdict"] = verdict(results, out + "_predictions")
   results, figures = results_lib.update(out, workdir, {}, _NOTES.value, baselines,
@@ -301,4 +371,9 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", "docs/results", "reads and writes OUT.json and OUT.md")
   _NOTES = flags.DEFINE_string("notes", results_lib.NOTES, "markdown written above the tables")
   _FIGURES = flags.DEFINE_bool("figures", True, "also draw a figure per group")
+  _CONTRAST = flags.DEFINE_list("contrast", [], "rows to set against --reference on the "
+                                "validation split, per task with an interval (their runs "
+                                "under --workdir)")
+  _REFERENCE = flags.DEFINE_string("reference", protocol.WINNER, "the row --contrast "
+                                   "compares with")
   app.run(main)

@@ -199,3 +199,40 @@ def test_score_dev_records_dev_metrics_and_resumes_a_finished_evaluation(tmp_pat
   _run(tmp_path, "sts/base", 0, {"valid/sts_pearson": 0.86, "step": 567})
   record = verdict.score_dev(str(tmp_path), "sts/base", 0, folder)
   assert len(calls) == 1 and record["metrics"]["dev/sts_pearson"] == 0.85
+
+
+def test_a_candidate_is_contrasted_with_its_reference_on_the_validation_split(tmp_path,
+                                                                               monkeypatch):
+  """`--contrast`: per task, the candidate minus the reference over their shared seeds,
+  from each run's validation outputs (ids in any order), with an interval; a run whose ids
+  are not the split's is an error."""
+  rng = np.random.default_rng(1)
+  gold = {f"s{i}": float(rng.integers(0, 5)) for i in range(400)}
+  monkeypatch.setattr(verdict, "valid_gold", lambda task, s: gold)
+
+  def run(row, seed, quality, ids=tuple(gold)):
+    y = np.array([gold[i] for i in ids], int)
+    pred = np.where(rng.random(len(y)) < quality, y, (y + 1) % 5)
+    out = _run(tmp_path, row, seed, {"valid/sst_acc": float(np.mean(pred == y))})
+    os.makedirs(os.path.join(out, "predictions"))
+    np.savez(os.path.join(out, "predictions", "valid-outputs.npz"),
+             **{"sst/ids": np.asarray(ids), "sst/outputs": np.eye(5)[pred]})
+
+  for seed in range(3):
+    run("both_t07_lr5e-5", seed, 0.5, tuple(sorted(gold, reverse=True)))  # another order
+    run("win_annealed", seed, 0.7)
+  run("both_t07_lr5e-5", 3, 0.5)                                             # not shared
+  table = results.collect(str(tmp_path), {})
+  c = verdict.contrast(table, str(tmp_path), "win_annealed", "both_t07_lr5e-5", samples=500)
+  assert c["seeds"] == [0, 1, 2] and c["reference"] == "both_t07_lr5e-5"
+  t = c["tasks"]["sst"]
+  assert t["difference"] == pytest.approx(np.mean(t["row"]) - np.mean(t["reference"]))
+  assert 0.1 < t["low"] < t["difference"] < t["high"] and t["verdict"] == "better"
+  table["contrasts"] = {"win_annealed": c}
+  assert "| `win_annealed` | `both_t07_lr5e-5` | sst (valid/sst_acc) |" in results.markdown(table, "")
+  with pytest.raises(ValueError, match="share no finished seed"):
+    verdict.contrast({"rows": {**table["rows"], "win_nli20": {"runs": [{"seed": 9}]}}},
+                     str(tmp_path), "win_nli20", "both_t07_lr5e-5")
+  run("win_nli10", 0, 0.7, tuple(list(gold)[:-1]))                       # a row short
+  with pytest.raises(ValueError, match="not the validation split read now"):
+    verdict.contrast(results.collect(str(tmp_path), {}), str(tmp_path), "win_nli10", "both_t07_lr5e-5")
