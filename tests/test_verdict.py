@@ -230,6 +230,14 @@ def test_a_candidate_is_contrasted_with_its_reference_on_the_validation_split(tm
   assert 0.1 < t["low"] < t["difference"] < t["high"] and t["verdict"] == "better"
   table["contrasts"] = {"win_annealed": c}
   assert "| `win_annealed` | `both_t07_lr5e-5` | sst (valid/sst_acc) |" in results.markdown(table, "")
+  # One seed: its interval counts the examples alone, and the table makes no claim of it.
+  os.remove(os.path.join(results.run_dir(str(tmp_path), "win_annealed", 1), "run.json"))
+  os.remove(os.path.join(results.run_dir(str(tmp_path), "win_annealed", 2), "run.json"))
+  one = results.collect(str(tmp_path), {})
+  table["contrasts"] = {"win_annealed": verdict.contrast(one, str(tmp_path), "win_annealed",
+                                                         "both_t07_lr5e-5", samples=200)}
+  assert table["contrasts"]["win_annealed"]["seeds"] == [0]
+  assert "| 0 | one seed: no claim |" in results.markdown(table, "")
   with pytest.raises(ValueError, match="share no finished seed"):
     verdict.contrast({"rows": {**table["rows"], "win_nli20": {"runs": [{"seed": 9}]}}},
                      str(tmp_path), "win_nli20", "both_t07_lr5e-5")
